@@ -1,0 +1,86 @@
+"""Gated DeltaNet layer: projections, short causal conv, L2-normed q/k, decay and beta gates, the scan,
+gated RMSNorm. The scan itself lives in kernels.gdn."""
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..config import TextConfig
+from ..kernels.gdn import gated_delta
+from .norms import GatedRMSNorm
+
+
+class DepthwiseConv(nn.Module):
+    """Causal depthwise conv without bias. `weight` is [C, K, 1] (MLX Conv1d layout; HF stores [C, 1, K]).
+
+    A K-tap shifted sum instead of nn.Conv1d: a few fused elementwise ops, fast on every backend.
+    """
+
+    def __init__(self, channels: int, kernel: int):
+        super().__init__()
+        self.weight = mx.zeros((channels, kernel, 1))
+
+    def __call__(self, x):
+        """x: [B, K-1+T, C] (history rows first) -> [B, T, C]."""
+        K = self.weight.shape[1]
+        T = x.shape[1] - (K - 1)
+        w = self.weight[:, :, 0].T.astype(x.dtype)                  # [K, C]
+        out = x[:, 0:T] * w[0]
+        for j in range(1, K):
+            out = out + x[:, j:j + T] * w[j]
+        return out
+
+
+def l2norm(x, eps=1e-6):
+    """x * rsqrt(sum(x^2) + eps), in float32 (eps inside, on the sum, as the reference does)."""
+    x = x.astype(mx.float32)
+    return x * mx.rsqrt((x * x).sum(-1, keepdims=True) + eps)
+
+
+class GatedDeltaNet(nn.Module):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.Hk, self.Hv = cfg.linear_num_key_heads, cfg.linear_num_value_heads
+        self.Dk, self.Dv = cfg.linear_key_head_dim, cfg.linear_value_head_dim
+        self.K = cfg.linear_conv_kernel_dim
+        H = cfg.hidden_size
+        self.key_dim, self.value_dim = self.Hk * self.Dk, self.Hv * self.Dv
+        conv_dim = 2 * self.key_dim + self.value_dim
+        self.in_proj_qkv = nn.Linear(H, conv_dim, bias=False)        # flat [q | k | v]
+        self.in_proj_z = nn.Linear(H, self.value_dim, bias=False)
+        self.in_proj_b = nn.Linear(H, self.Hv, bias=False)
+        self.in_proj_a = nn.Linear(H, self.Hv, bias=False)
+        self.conv1d = DepthwiseConv(conv_dim, self.K)
+        self.dt_bias = mx.ones((self.Hv,))
+        self.A_log = mx.zeros((self.Hv,))
+        self.norm = GatedRMSNorm(self.Dv, cfg.rms_norm_eps)
+        self.out_proj = nn.Linear(self.value_dim, H, bias=False)
+
+    def __call__(self, x, mask=None, cache=None):
+        """x: [B, T, H]; mask: [B, T] bool (False = padding) or None; cache: GDNCache or None."""
+        B, T, _ = x.shape
+        if mask is not None:
+            x = mx.where(mask[..., None], x, 0)                       # padding contributes nothing
+        qkv = self.in_proj_qkv(x)
+        z = self.in_proj_z(x).reshape(B, T, self.Hv, self.Dv)
+        b, a = self.in_proj_b(x), self.in_proj_a(x)
+
+        history = cache.conv if cache is not None and cache.conv is not None else \
+            mx.zeros((B, self.K - 1, qkv.shape[-1]), qkv.dtype)
+        conv_in = mx.concatenate([history.astype(qkv.dtype), qkv], axis=1)
+        if cache is not None:
+            cache.conv = conv_in[:, -(self.K - 1):]
+        mixed = nn.silu(self.conv1d(conv_in))
+
+        q, k, v = mx.split(mixed, [self.key_dim, 2 * self.key_dim], axis=-1)
+        q = l2norm(q.reshape(B, T, self.Hk, self.Dk)) * (self.Dk ** -0.5)
+        k = l2norm(k.reshape(B, T, self.Hk, self.Dk))
+        v = v.reshape(B, T, self.Hv, self.Dv)
+        beta = mx.sigmoid(b.astype(mx.float32))
+        g = -mx.exp(self.A_log.astype(mx.float32)) * nn.softplus(a.astype(mx.float32) + self.dt_bias)
+
+        state = cache.state if cache is not None else None
+        y, state = gated_delta(q, k, v, g, beta, state, mask=mask)
+        if cache is not None:
+            cache.state = state
+        y = self.norm(y.astype(x.dtype), z)
+        return self.out_proj(y.reshape(B, T, -1))

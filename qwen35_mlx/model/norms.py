@@ -1,0 +1,31 @@
+"""RMS norms. Qwen3.5's decoder norms are zero-centred (y = rmsnorm(x) * (1 + w)); the loader folds the
++1 into the weight in float32 and keeps these weights in float32 (bf16 would round 1 + w to 2^-7)."""
+
+import mlx.core as mx
+import mlx.nn as nn
+
+
+class RMSNorm(nn.Module):
+    """`weight` holds the effective multiplier (1 + w of the checkpoint), float32."""
+
+    def __init__(self, dims: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = mx.ones((dims,), mx.float32)
+        self.eps = eps
+
+    def __call__(self, x):
+        # fp32 weight -> fp32 result, cast once: the rounding transformers applies
+        return mx.fast.rms_norm(x, self.weight, self.eps).astype(x.dtype)
+
+
+class GatedRMSNorm(nn.Module):
+    """GDN output norm: w * rmsnorm(x) * silu(z) over the head dim; plain (not zero-centred) weight."""
+
+    def __init__(self, dims: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = mx.ones((dims,))
+        self.eps = eps
+
+    def __call__(self, x, z):
+        y = mx.fast.rms_norm(x, None, self.eps) * self.weight.astype(x.dtype)
+        return (y.astype(mx.float32) * nn.silu(z.astype(mx.float32))).astype(x.dtype)

@@ -1,0 +1,206 @@
+"""The decoder stack, the vision merge and the logits. Module names mirror transformers'
+`Qwen3_5ForConditionalGeneration` (model.language_model.*, model.visual.*, lm_head), so the weight map
+from a checkpoint is short."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from ..cache import ModelCache
+from ..config import Qwen35Config, TextConfig
+from ..errors import PromptError
+from .attention import Attention
+from .gated_deltanet import GatedDeltaNet
+from .mlp import MLP
+from .moe import SparseMoe
+from .norms import RMSNorm
+from .rope import Rope, rope_index
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TextConfig, kind: str):
+        super().__init__()
+        self.is_linear = kind == "linear_attention"
+        if self.is_linear:
+            self.linear_attn = GatedDeltaNet(cfg)
+        else:
+            self.self_attn = Attention(cfg)
+        self.mlp = SparseMoe(cfg) if cfg.is_moe else MLP(cfg.hidden_size, cfg.intermediate_size)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def __call__(self, x, rope, positions, attn_mask, gdn_mask, cache):
+        h = self.input_layernorm(x)
+        if self.is_linear:
+            h = self.linear_attn(h, gdn_mask, cache)
+        else:
+            h = self.self_attn(h, rope, positions, attn_mask, cache)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class TextModel(nn.Module):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = [DecoderLayer(cfg, kind) for kind in cfg.layer_types]
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Inner(nn.Module):
+    def __init__(self, cfg: Qwen35Config):
+        super().__init__()
+        self.language_model = TextModel(cfg.text)
+        if cfg.vision is not None:
+            from .vision import VisionModel  # noqa: PLC0415  (only VL checkpoints carry a tower)
+            self.visual = VisionModel(cfg.vision)
+
+
+class Qwen35Model(nn.Module):
+    """`model(input_ids, ..., cache=cache) -> logits [B, T, vocab]`, multimodal inputs as transformers takes them."""
+
+    def __init__(self, cfg: Qwen35Config):
+        super().__init__()
+        self.config = cfg
+        self.model = Inner(cfg)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.text.hidden_size, cfg.text.vocab_size, bias=False)
+        t = cfg.text
+        self.rope = Rope(t.rotary_dim, t.rope_theta, t.mrope_section)
+
+    @property
+    def layers(self):
+        return self.model.language_model.layers
+
+    @property
+    def has_vision(self) -> bool:
+        return "visual" in self.model
+
+    def make_cache(self, kv_bits: int | None = None, kv_group_size: int = 64) -> ModelCache:
+        return ModelCache(self.config.text.layer_types, kv_bits=kv_bits, kv_group_size=kv_group_size)
+
+    def __call__(self, input_ids=None, *, cache: ModelCache | None = None, pixel_values=None, image_grid_thw=None,
+                 pixel_values_videos=None, video_grid_thw=None, attention_mask=None, inputs_embeds=None,
+                 position_ids=None, last_only: bool = False, **unused):
+        hidden = self.hidden_states(input_ids, cache=cache, pixel_values=pixel_values,
+                                    image_grid_thw=image_grid_thw, pixel_values_videos=pixel_values_videos,
+                                    video_grid_thw=video_grid_thw, attention_mask=attention_mask,
+                                    inputs_embeds=inputs_embeds, position_ids=position_ids)
+        if last_only:
+            hidden = hidden[:, -1:]
+        return self.logits(hidden)
+
+    def logits(self, hidden):
+        if self.config.tie_word_embeddings:
+            return self.model.language_model.embed_tokens.as_linear(hidden)
+        return self.lm_head(hidden)
+
+    def embed(self, input_ids, *, pixel_values=None, image_grid_thw=None, pixel_values_videos=None,
+              video_grid_thw=None, attention_mask=None, offset: int = 0):
+        """Token embeddings with vision features merged in, and the 3-D positions [3, B, T] plus per-row
+        rope deltas when the prompt holds media (else None, None: positions follow the cache offset)."""
+        input_ids = mx.array(input_ids)
+        if input_ids.ndim == 1:
+            input_ids = input_ids[None]
+        embeds = self.model.language_model.embed_tokens(input_ids)
+        has_media = image_grid_thw is not None or video_grid_thw is not None
+        if pixel_values is not None or pixel_values_videos is not None:
+            embeds = self.merge_vision(input_ids, embeds, pixel_values, image_grid_thw,
+                                       pixel_values_videos, video_grid_thw)
+        if not has_media:
+            return embeds, None, None
+        if offset:
+            raise PromptError("images and videos must come in the first call of a prompt (their 3-D positions "
+                              "are computed over the whole prompt)")
+        cfg = self.config
+        if cfg.vision is None:
+            raise PromptError("this checkpoint has no vision tower: it cannot take images or videos")
+        full = self._full_mask(attention_mask, *input_ids.shape, 0)
+        positions, deltas = rope_index(input_ids, image_grid_thw, video_grid_thw,
+                                       image_token_id=cfg.image_token_id, video_token_id=cfg.video_token_id,
+                                       spatial_merge_size=cfg.vision.spatial_merge_size,
+                                       attention_mask=None if full is None else np.array(full))
+        return embeds, positions, [int(d) for d in deltas.tolist()]
+
+    def hidden_states(self, input_ids=None, *, cache=None, pixel_values=None, image_grid_thw=None,
+                      pixel_values_videos=None, video_grid_thw=None, attention_mask=None, inputs_embeds=None,
+                      position_ids=None):
+        lm = self.model.language_model
+        offset = cache.offset if cache is not None else 0
+        if inputs_embeds is None:
+            inputs_embeds, media_pos, deltas = self.embed(
+                input_ids, pixel_values=pixel_values, image_grid_thw=image_grid_thw,
+                pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw,
+                attention_mask=attention_mask, offset=offset)
+            if media_pos is not None:
+                position_ids = media_pos if position_ids is None else position_ids
+                if cache is not None:
+                    cache.rope_delta = deltas[0] if len(deltas) == 1 else deltas
+        B, T, _ = inputs_embeds.shape
+        if offset + T > self.config.text.max_position_embeddings:
+            raise PromptError(f"{offset + T} tokens exceed the model's context of "
+                              f"{self.config.text.max_position_embeddings} tokens (max_position_embeddings)")
+        full = self._full_mask(attention_mask, B, T, offset)
+        positions = position_ids if position_ids is not None else self.positions(full, cache, T)
+        attn_mask = self._attention_mask(full, T, offset)
+        gdn_mask = None if full is None else full[:, -T:]
+        h = inputs_embeds
+        caches = cache if cache is not None else [None] * len(lm.layers)
+        for layer, c in zip(lm.layers, caches):
+            h = layer(h, self.rope, positions, attn_mask, gdn_mask, c)
+        if cache is not None:
+            cache.offset += T
+        return lm.norm(h)
+
+    @staticmethod
+    def _full_mask(attention_mask, B, T, offset):
+        """attention_mask covers the current tokens [B, T] or, as transformers passes it, past and current
+        [B, offset + T]; returns the latter as bools (True = a real token), or None."""
+        if attention_mask is None:
+            return None
+        m = mx.array(attention_mask).astype(mx.bool_)
+        if m.shape == (B, T) and offset:
+            m = mx.concatenate([mx.ones((B, offset), mx.bool_), m], axis=1)
+        if m.shape != (B, offset + T):
+            raise PromptError(f"attention_mask has shape {tuple(m.shape)}; expected {(B, T)} or {(B, offset + T)}")
+        return m
+
+    def positions(self, full_mask, cache, T):
+        """Text positions continue from the cache: an int offset (1-D rope, the fast path), or [3, B, T]
+        when rows are padded or carry different rope deltas."""
+        offset = cache.offset if cache is not None else 0
+        delta = cache.rope_delta if cache is not None else 0
+        padded = full_mask is not None and not bool(full_mask.all())
+        if not padded and isinstance(delta, int):
+            return offset + delta
+        if padded:                                                      # each row counts its real tokens
+            pos = mx.maximum(mx.cumsum(full_mask.astype(mx.int32), axis=1) - 1, 0)[:, -T:]
+        else:
+            pos = mx.broadcast_to(mx.arange(offset, offset + T)[None], (len(delta), T))
+        pos = pos + (delta if isinstance(delta, int) else mx.array(delta)[:, None])
+        return mx.broadcast_to(pos[None], (3, *pos.shape))
+
+    @staticmethod
+    def _attention_mask(full, T, offset):
+        """'causal' when nothing is padded, else a boolean [B, 1, T, S] mask. Every query may see itself,
+        so a padding row never has all keys masked (which would make NaNs that leak through values)."""
+        if full is None:
+            return "causal" if T > 1 else None
+        S = offset + T
+        qpos, kpos = mx.arange(offset, S)[:, None], mx.arange(S)[None, :]
+        return (qpos >= kpos)[None, None] & (full[:, None, None, :] | (qpos == kpos)[None, None])
+
+    def merge_vision(self, input_ids, embeds, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw):
+        from .vision import scatter_features  # noqa: PLC0415
+        if not self.has_vision:
+            raise PromptError("this checkpoint has no vision tower: it cannot take images or videos")
+        visual = self.model.visual
+        cfg = self.config
+        for pixels, grid, token in ((pixel_values, image_grid_thw, cfg.image_token_id),
+                                    (pixel_values_videos, video_grid_thw, cfg.video_token_id)):
+            if pixels is not None:
+                feats = visual(mx.array(pixels), grid).astype(embeds.dtype)
+                embeds = scatter_features(input_ids, embeds, feats, token)
+        return embeds
