@@ -130,7 +130,7 @@ def sanitize(weights: dict, cfg: Qwen35Config, mlx_layout: bool):
         if cfg.vision is None:
             raise WeightsError("the checkpoint has vision weights but config.json has no vision_config")
         from .model.vision import sanitize as sanitize_vision  # noqa: PLC0415
-        out.update({"model.visual." + k: v for k, v in sanitize_vision(vision).items()})
+        out.update({"model.visual." + k: v for k, v in sanitize_vision(vision, cfg.vision).items()})
     if cfg.tie_word_embeddings:
         out.pop("lm_head.weight", None)
     return out, mtp

@@ -115,8 +115,6 @@ class Qwen35Model(nn.Module):
             raise PromptError("images and videos must come in the first call of a prompt (their 3-D positions "
                               "are computed over the whole prompt)")
         cfg = self.config
-        if cfg.vision is None:
-            raise PromptError("this checkpoint has no vision tower: it cannot take images or videos")
         full = self._full_mask(attention_mask, *input_ids.shape, 0)
         positions, deltas = rope_index(input_ids, image_grid_thw, video_grid_thw,
                                        image_token_id=cfg.image_token_id, video_token_id=cfg.video_token_id,
@@ -198,9 +196,9 @@ class Qwen35Model(nn.Module):
             raise PromptError("this checkpoint has no vision tower: it cannot take images or videos")
         visual = self.model.visual
         cfg = self.config
-        for pixels, grid, token in ((pixel_values, image_grid_thw, cfg.image_token_id),
-                                    (pixel_values_videos, video_grid_thw, cfg.video_token_id)):
+        for pixels, grid, token, kind in ((pixel_values, image_grid_thw, cfg.image_token_id, "image"),
+                                          (pixel_values_videos, video_grid_thw, cfg.video_token_id, "video")):
             if pixels is not None:
                 feats = visual(mx.array(pixels), grid).astype(embeds.dtype)
-                embeds = scatter_features(input_ids, embeds, feats, token)
+                embeds = scatter_features(input_ids, embeds, feats, token, kind=kind)
         return embeds

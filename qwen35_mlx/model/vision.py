@@ -22,6 +22,7 @@ from ..config import VisionConfig
 from ..errors import ConfigError, MediaError, PromptError, WeightsError
 from .rope import rotate_half
 
+# nn.gelu_approx is the tanh form, i.e. torch gelu(approximate="tanh"); nn.gelu is the erf form
 ACTIVATIONS = {"gelu_pytorch_tanh": nn.gelu_approx, "gelu_new": nn.gelu_approx, "gelu": nn.gelu}
 
 
@@ -93,13 +94,13 @@ class Merger(nn.Module):
 
     def __init__(self, cfg: VisionConfig):
         super().__init__()
-        dims = cfg.hidden_size * cfg.spatial_merge_size ** 2
+        self.dims = dims = cfg.hidden_size * cfg.spatial_merge_size ** 2
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=1e-6)
         self.linear_fc1 = nn.Linear(dims, dims)
         self.linear_fc2 = nn.Linear(dims, cfg.out_hidden_size)
 
     def __call__(self, x):
-        x = self.norm(x).reshape(-1, self.linear_fc1.weight.shape[-1])
+        x = self.norm(x).reshape(-1, self.dims)
         return self.linear_fc2(nn.gelu(self.linear_fc1(x)))
 
 
@@ -118,7 +119,7 @@ class VisionModel(nn.Module):
 
     def __call__(self, pixel_values, grid_thw):
         """pixel_values [N, C*T*P*P] in merge-block order; grid_thw [n, 3] -> [N / merge^2, out_hidden_size]."""
-        cfg, m = self.config, self.config.spatial_merge_size
+        m = self.config.spatial_merge_size
         grids = [tuple(int(v) for v in row) for row in np.asarray(grid_thw).reshape(-1, 3)]
         if any(h % m or w % m for _, h, w in grids) or sum(t * h * w for t, h, w in grids) != pixel_values.shape[0]:
             raise MediaError(f"pixel_values has {pixel_values.shape[0]} patch rows but grid_thw {grids} needs "
