@@ -172,6 +172,7 @@ def stream_generate(model, processor: Processor, prompt, images=None, videos=Non
     eos = set(processor.tokenizer.eos_token_ids)
     detok = processor.tokenizer.detokenizer
     detok.reset()
+    n_text_ids = len(processor.tokenizer._tokenizer)     # embedding rows past the tokenizer decode to nothing
     cache = model.make_cache(kv_bits=kv_bits, kv_group_size=kv_group_size)
     budget = min(max_tokens, context - n_prompt)
 
@@ -198,7 +199,7 @@ def stream_generate(model, processor: Processor, prompt, images=None, videos=Non
             prompt_time = time.perf_counter() - tic
             tic = time.perf_counter()
         done = t in eos
-        if not done:
+        if not done and t < n_text_ids:
             detok.add_token(t)
         finish = "stop" if done else ("length" if n + 1 == budget else None)
         if finish:
