@@ -46,14 +46,14 @@ class Processor:
     @property
     def image_config(self):
         if self._image_cfg is None:
-            from .image import ImageProcessorConfig  # noqa: PLC0415
+            from .media_config import ImageProcessorConfig  # noqa: PLC0415
             self._image_cfg = ImageProcessorConfig.from_dir(self.path)
         return self._image_cfg
 
     @property
     def video_config(self):
         if self._video_cfg is None:
-            from .video import VideoProcessorConfig  # noqa: PLC0415
+            from .media_config import VideoProcessorConfig  # noqa: PLC0415
             self._video_cfg = VideoProcessorConfig.from_dir(self.path)
         return self._video_cfg
 
@@ -99,9 +99,11 @@ class Processor:
                                       **kwargs)
 
     def __call__(self, prompt, images=None, videos=None, *, system=None, add_generation_prompt=True,
-                 enable_thinking=None, chat_template=True, media: MediaOptions | None = None) -> dict:
-        """prompt: a string or chat messages. Returns input_ids [1, T] and the vision tensors, as mx.arrays."""
-        opts = media or MediaOptions()
+                 enable_thinking=None, chat_template=True, media: MediaOptions | None = None,
+                 **media_kwargs) -> dict:
+        """prompt: a string or chat messages. Returns input_ids [1, T] and the vision tensors, as mx.arrays.
+        Media settings come as `media=MediaOptions(...)` or as its fields (fps=2.0, max_pixels=...)."""
+        opts = media or MediaOptions(**media_kwargs)
         images, videos = list(images or []), list(videos or [])
         if not isinstance(prompt, str):
             prompt, images, videos = _take_inline_media(prompt, images, videos)
@@ -132,8 +134,11 @@ class Processor:
             reps = [_video_text(g, ts, merge) for g, ts in zip(grid, stamps)]
             text = _expand(text, VIDEO_PAD, reps)
             out.update(pixel_values_videos=mx.array(pixels), video_grid_thw=mx.array(grid))
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        out["input_ids"] = mx.array([ids], mx.int32)
+        ids = np.array([self.tokenizer.encode(text, add_special_tokens=False)], np.int32)
+        out["input_ids"] = mx.array(ids)
+        if images or videos:                      # what transformers' forward needs beside the grids
+            kinds = (ids == self.config.image_token_id) * 1 + (ids == self.config.video_token_id) * 2
+            out["mm_token_type_ids"] = mx.array(kinds.astype(np.int32))
         return out
 
     def decode(self, ids) -> str:
@@ -174,5 +179,10 @@ def _take_inline_media(messages, images, videos):
     out_img += list(given_img)
     out_vid += list(given_vid)
     if any(x is None for x in out_img) or any(x is None for x in out_vid):
-        raise PromptError("the messages have more image/video parts than images/videos were given")
+        n_img = sum(1 for m in messages if isinstance(m.get("content"), list)
+                    for p in m["content"] if isinstance(p, dict) and p.get("type") == "image")
+        n_vid = sum(1 for m in messages if isinstance(m.get("content"), list)
+                    for p in m["content"] if isinstance(p, dict) and p.get("type") == "video")
+        raise PromptError(f"the messages have {n_img} image and {n_vid} video parts, but only "
+                          f"{len(images)} image(s) and {len(videos)} video(s) were given")
     return out_msgs, out_img, out_vid
