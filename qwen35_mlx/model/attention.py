@@ -22,15 +22,25 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(D, cfg.rms_norm_eps)
 
     def __call__(self, x, rope, positions, mask=None, cache=None):
+        q, k, v, gate = self.project(x, rope, positions)
+        if cache is not None:
+            k, v = cache.update_and_fetch(k, v)
+        return self.finish(self.attend(q, k, v, mask, cache), gate)
+
+    def project(self, x, rope, positions):
+        """x [B, T, H] -> q [B, heads, T, D], k and v [B, kv_heads, T, D] (normed, rotated), gate."""
         B, T, _ = x.shape
         D = self.head_dim
         q, gate = mx.split(self.q_proj(x).reshape(B, T, self.n_heads, 2 * D), 2, axis=-1)
         q = self.q_norm(q).transpose(0, 2, 1, 3)
         k = self.k_norm(self.k_proj(x).reshape(B, T, self.n_kv, D)).transpose(0, 2, 1, 3)
         v = self.v_proj(x).reshape(B, T, self.n_kv, D).transpose(0, 2, 1, 3)
-        q, k = rope(q, positions), rope(k, positions)
-        if cache is not None:
-            k, v = cache.update_and_fetch(k, v)
+        return rope(q, positions), rope(k, positions), v, gate.reshape(B, T, -1)
+
+    def attend(self, q, k, v, mask, cache):
         out = scaled_dot_product_attention(q, k, v, cache=cache, scale=self.scale, mask=mask)
-        out = out.transpose(0, 2, 1, 3).reshape(B, T, -1)
-        return self.o_proj(out * mx.sigmoid(gate.reshape(B, T, -1)))
+        B, _, T, _ = out.shape
+        return out.transpose(0, 2, 1, 3).reshape(B, T, -1)
+
+    def finish(self, out, gate):
+        return self.o_proj(out * mx.sigmoid(gate))

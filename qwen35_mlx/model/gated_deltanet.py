@@ -57,6 +57,16 @@ class GatedDeltaNet(nn.Module):
 
     def __call__(self, x, mask=None, cache=None):
         """x: [B, T, H]; mask: [B, T] bool (False = padding) or None; cache: GDNCache or None."""
+        conv = cache.conv if cache is not None else None
+        state = cache.state if cache is not None else None
+        out, conv, state = self.mix(x, conv, state, mask)
+        if cache is not None:
+            cache.conv, cache.state = conv, state
+        return out
+
+    def mix(self, x, conv, state, mask=None):
+        """The layer as a function of its inputs and state: (x, conv history, recurrent state) ->
+        (output, new conv history, new state). conv/state None mean zeros."""
         B, T, _ = x.shape
         if mask is not None:
             x = mx.where(mask[..., None], x, 0)                       # padding contributes nothing
@@ -64,11 +74,9 @@ class GatedDeltaNet(nn.Module):
         z = self.in_proj_z(x).reshape(B, T, self.Hv, self.Dv)
         b, a = self.in_proj_b(x), self.in_proj_a(x)
 
-        history = cache.conv if cache is not None and cache.conv is not None else \
-            mx.zeros((B, self.K - 1, qkv.shape[-1]), qkv.dtype)
-        conv_in = mx.concatenate([history.astype(qkv.dtype), qkv], axis=1)
-        if cache is not None:
-            cache.conv = conv_in[:, -(self.K - 1):]
+        if conv is None:
+            conv = mx.zeros((B, self.K - 1, qkv.shape[-1]), qkv.dtype)
+        conv_in = mx.concatenate([conv.astype(qkv.dtype), qkv], axis=1)
         mixed = nn.silu(self.conv1d(conv_in))
 
         q, k, v = mx.split(mixed, [self.key_dim, 2 * self.key_dim], axis=-1)
@@ -78,9 +86,6 @@ class GatedDeltaNet(nn.Module):
         beta = mx.sigmoid(b.astype(mx.float32))
         g = -mx.exp(self.A_log.astype(mx.float32)) * nn.softplus(a.astype(mx.float32) + self.dt_bias)
 
-        state = cache.state if cache is not None else None
         y, state = gated_delta(q, k, v, g, beta, state, mask=mask)
-        if cache is not None:
-            cache.state = state
         y = self.norm(y.astype(x.dtype), z)
-        return self.out_proj(y.reshape(B, T, -1))
+        return self.out_proj(y.reshape(B, T, -1)), conv_in[:, -(self.K - 1):], state

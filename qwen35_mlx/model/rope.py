@@ -25,8 +25,9 @@ class Rope:
         self.axis = mx.array(axis)
 
     def __call__(self, x, positions):
-        """x: [B, heads, T, D]. positions: an int offset (1-D, all axes equal) or int array [3, B, T]."""
-        if not isinstance(positions, mx.array):
+        """x: [B, heads, T, D]. positions: an offset (int or scalar array: 1-D rope, all axes equal) or an
+        int array [3, B, T]."""
+        if not isinstance(positions, mx.array) or positions.ndim == 0:
             return mx.fast.rope(x, self.dims, traditional=False, base=self.theta, scale=1.0, offset=positions)
         cos, sin = self.cos_sin(positions)
         return apply_rotary(x, cos[:, None], sin[:, None], self.dims)

@@ -119,6 +119,8 @@ def _to_rgb(im: Image.Image, name: str) -> Image.Image:
     try:
         if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
             return _array_to_rgb(np.asarray(im), name)
+        if im.mode == "RGB" and im.info.get("transparency") is None:
+            return im  # already what convert("RGB") would copy
         if "A" in im.getbands() or im.info.get("transparency") is not None:
             rgba = im.convert("RGBA")
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -254,18 +256,19 @@ def patchify(frames: np.ndarray, lut: np.ndarray, patch: int, merge: int, tempor
     gh, gw = H // patch, W // patch
     if gh * patch != H or gw * patch != W or gh % merge or gw % merge:
         raise MediaError(f"frame size {H}x{W} is not a multiple of patch*merge = {patch * merge}")
-    if F == 1:
-        frames = np.broadcast_to(frames, (temporal, H, W, C))
-        F = temporal
-    if F % temporal:
+    step = 1 if F == 1 else temporal  # a still image: computed once, broadcast over T on assignment
+    if F % step:
         raise MediaError(f"{F} frames is not a multiple of temporal_patch_size {temporal}")
-    x = frames.reshape(F // temporal, temporal, gh // merge, merge, patch, gw // merge, merge, patch, C)
-    x = x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)  # (gt, bh, bw, mh, mw, C, T, P, P)
-    x = x.reshape(-1, C, temporal * patch * patch)  # one uint8 copy, in output order
-    out = np.empty(x.shape, np.float32)
-    for c in range(C):  # channels, not patches: a gather per channel
-        np.take(lut[c], x[:, c], out=out[:, c])
-    return out.reshape(out.shape[0], -1)
+    out = np.empty((max(F // temporal, 1), gh // merge, gw // merge, merge, merge, C, temporal, patch, patch),
+                   np.float32)
+    values = np.empty((step, H, W, C), np.float32)
+    for g in range(out.shape[0]):  # per temporal group: temporaries stay one group in size
+        group = frames[g * step:(g + 1) * step]
+        for c in range(C):  # lookup in frame order, contiguous
+            values[..., c] = lut[c][group[..., c]]
+        blocks = values.reshape(step, gh // merge, merge, patch, gw // merge, merge, patch, C)
+        out[g] = blocks.transpose(1, 4, 2, 5, 7, 0, 3, 6)  # (bh, bw, mh, mw, C, T, P, P)
+    return out.reshape(-1, C * temporal * patch * patch)
 
 
 __all__ = ["ImageProcessorConfig", "load_image", "smart_resize", "process_images", "normalize_lut", "patchify"]

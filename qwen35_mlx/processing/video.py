@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -20,11 +23,13 @@ import numpy as np
 from PIL import Image
 
 from ..errors import MediaError
-from .image import MAX_ASPECT_RATIO, decode_data_url, load_image, normalize_lut, patchify
+from .image import MAX_ASPECT_RATIO, decode_data_url, fetch_url, load_image, normalize_lut, patchify
 from .media_config import VideoProcessorConfig
 
 MIN_FRAME_TOKENS = 128  # frames are dropped only once each would fall below this many tokens
 MIN_SEEK_GAP = 1.0  # seconds; a shorter gap is always decoded through
+MAX_WORKERS = 4  # threads converting + resizing kept frames while the decoder runs
+URL_TIMEOUT = 60.0  # seconds; a URL is downloaded whole (at most image.URL_MAX_BYTES), then decoded
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,14 +52,17 @@ def load_video(src: Any, *, fps: float | None = None, min_frames: int | None = N
                max_frames: int | None = None, max_pixels: int | None = None, min_pixels: int | None = None,
                max_tokens: int | None = None, max_frame_tokens: int | None = None,
                cfg: VideoProcessorConfig | None = None) -> Video:
-    """A video file (path, bytes, `data:video/...;base64,` URL), a list of images or an array [F, H, W, C]
-    -> `Video`.
+    """A video file (path, http(s) URL, bytes, `data:video/...;base64,` URL), a list of images or an
+    array [F, H, W, C] -> `Video`.
 
     Files: `fps` (default cfg.fps = 2) is the sampling rate.  The frame count is transformers' Qwen3-VL
     rule, int(frames / source_fps * fps) clamped to [min_frames, max_frames] and the frame count, and
     the targets are its evenly spaced frame indices, as timestamps.  Decoding is sequential (seeking
     ahead when the next target is more than two keyframe intervals away), and only the frame nearest
-    each target is converted to RGB and resized, so memory is the kept frames plus the decoder's own.
+    each target is converted to RGB and resized (in worker threads, a few frames in flight), so memory
+    is the kept frames plus the decoder's own, whatever the video's length or resolution.  Timestamps
+    are the kept frames' own presentation times.  Resizing is PIL bicubic, width then height, as
+    torchvision's uint8 kernel (transformers' video path) does it: within 2/255 of it after resizing.
     Lists and arrays: every frame is kept (evenly subsampled down to max_frames or the budget) and
     `fps` is their rate: frame i is shown at i / fps.
 
@@ -77,6 +85,8 @@ def load_video(src: Any, *, fps: float | None = None, min_frames: int | None = N
         return _load_file(io.BytesIO(bytes(src)), f"video bytes ({len(src)} bytes)", cfg, p)
     if isinstance(src, str) and src.startswith("data:"):
         return _load_file(io.BytesIO(decode_data_url(src, "video")), src[:40] + "...", cfg, p)
+    if isinstance(src, str) and src.startswith(("http://", "https://")):
+        return _load_file(io.BytesIO(fetch_url(src, timeout=URL_TIMEOUT, what="video")), src, cfg, p)
     if isinstance(src, (str, Path)):
         path = Path(src[7:] if isinstance(src, str) and src.startswith("file://") else src)
         if not path.exists():
@@ -161,8 +171,9 @@ def plan_video(num_frames: int, height: int, width: int, cfg: VideoProcessorConf
     n = num_frames
     if max_tokens is not None:
         floor = min(MIN_FRAME_TOKENS * f * f, frame_cap or math.inf, max(height * width, f * f))
-        n = min(n, max(1, int(total_max // floor)))
-        n = n - n % T if n >= T else n  # a padded frame would spend tokens on a copy
+        fit = max(1, int(total_max // floor))  # frames that fit at the floor resolution
+        if fit < n:
+            n = fit - fit % T if fit >= T else fit  # a padded frame would spend tokens on a copy
     while True:
         if frame_cap is not None:  # transformers' cap_pixels_per_frame rule, with our cap
             per_frame = max(min(frame_cap, total_max // n), int(cfg.min_pixels * 1.05))
@@ -177,7 +188,7 @@ def plan_video(num_frames: int, height: int, width: int, cfg: VideoProcessorConf
         if n <= T:
             raise MediaError(f"max_tokens={max_tokens} is too small for this video: one temporal patch of "
                              f"{height}x{width} frames needs {tokens} tokens")
-        n -= T
+        n -= n % T or T
 
 
 @dataclass(frozen=True)
@@ -200,10 +211,11 @@ def _check_params(cfg, fps, min_frames, max_frames, max_pixels, min_pixels, max_
             raise MediaError(f"{name} must be a positive {'integer' if kind is int else 'number'}, got {v!r}")
         return kind(v)
 
+    max_frames = positive("max_frames", cfg.max_frames if max_frames is None else max_frames)
     p = _Params(
         fps=positive("fps", fps, float),
-        min_frames=positive("min_frames", cfg.min_frames if min_frames is None else min_frames),
-        max_frames=positive("max_frames", cfg.max_frames if max_frames is None else max_frames),
+        min_frames=positive("min_frames", min(cfg.min_frames, max_frames) if min_frames is None else min_frames),
+        max_frames=max_frames,
         max_pixels=positive("max_pixels", max_pixels),
         min_pixels=positive("min_pixels", min_pixels),
         max_tokens=positive("max_tokens", max_tokens),
@@ -234,11 +246,17 @@ def _resize(im: Image.Image, h: int, w: int, resample: int) -> np.ndarray:
     return np.asarray(im)
 
 
-def _finish(frames: list[np.ndarray], times: list[float], cfg, **meta) -> Video:
-    pad = -len(frames) % cfg.temporal_patch_size
-    frames = frames + [frames[-1]] * pad
-    times = times + [times[-1]] * pad
-    return Video(frames=np.stack(frames), timestamps=np.asarray(times, np.float64), **meta)
+def _finish(frames: np.ndarray, times: list[float], cfg, **meta) -> Video:
+    """frames [n + pad, h, w, 3] with the first n written: pad by repeating the last (frame and time)."""
+    n = len(times)
+    frames[n:] = frames[n - 1]
+    times = times + [times[-1]] * (len(frames) - n)
+    return Video(frames=frames, timestamps=np.asarray(times, np.float64), **meta)
+
+
+def _frame_buffer(n: int, h: int, w: int, cfg) -> np.ndarray:
+    """The kept frames' one allocation: n rounded up to a multiple of T."""
+    return np.empty((n + -n % cfg.temporal_patch_size, h, w, 3), np.uint8)
 
 
 def _load_frames(src, cfg, p: _Params) -> Video:
@@ -250,10 +268,10 @@ def _load_frames(src, cfg, p: _Params) -> Video:
     n, h, w = _plan(len(keep), first.height, first.width, cfg, p)
     if n < len(keep):
         keep = _even_indices(len(src), n)
-    frames, times = [], []
-    for i in keep:
+    frames, times = _frame_buffer(len(keep), h, w, cfg), []
+    for k, i in enumerate(keep):
         im = first if i == 0 else load_image(src[int(i)])
-        frames.append(_resize(im, h, w, cfg.resample))
+        frames[k] = _resize(im, h, w, cfg.resample)
         times.append(int(i) / rate)
     return _finish(frames, times, cfg, source_fps=rate, duration=len(src) / rate,
                    source_size=(first.height, first.width))
@@ -264,6 +282,9 @@ def _open(file, name: str):
         container = av.open(file, mode="r", metadata_errors="ignore")
     except av.error.FFmpegError as e:
         raise MediaError(f"cannot open video {name}: not a video or an unsupported container ({e})") from None
+    if container.format.name == "tty":  # FFmpeg renders any .txt as ANSI-art video
+        container.close()
+        raise MediaError(f"cannot open video {name}: not a video (a text file)")
     if not container.streams.video:
         container.close()
         raise MediaError(f"{name} has no video stream")
@@ -283,19 +304,17 @@ def _metadata(container, stream) -> tuple[float | None, float | None, int | None
     duration = None
     if stream.duration and stream.time_base:
         duration = float(stream.duration * stream.time_base)
-    elif container.duration:
+    elif container.duration:  # some containers count the start offset in it: used for display only
         duration = container.duration / av.time_base
-    count = stream.frames or (round(duration * fps) if duration and fps else None)
-    return fps, duration, count
+    return fps, duration, stream.frames or None
 
 
-def _scan(container, stream) -> tuple[float | None, float | None, int]:
-    """Demux (no decoding) to count frames when the headers do not give a count and a rate."""
+def _scan(container, stream, fps: float | None) -> tuple[float | None, float | None, int]:
+    """Demux (no decoding) to count the frames when the header does not (Matroska, WebM, raw streams)."""
     pts = [pk.pts for pk in container.demux(stream) if pk.size and pk.pts is not None]
-    if len(pts) < 2:
-        return None, None, len(pts)
-    span = float((max(pts) - min(pts)) * stream.time_base)
-    fps = (len(pts) - 1) / span if span > 0 else None
+    if not fps and len(pts) > 1:
+        span = float((max(pts) - min(pts)) * stream.time_base)
+        fps = (len(pts) - 1) / span if span > 0 else None
     return fps, (len(pts) / fps if fps else None), len(pts)
 
 
@@ -305,8 +324,8 @@ def _load_file(file, name: str, cfg, p: _Params) -> Video:
         codec = stream.codec_context.name
         height, width = stream.codec_context.height, stream.codec_context.width
         fps_src, duration, count = _metadata(container, stream)
-        if not fps_src or not count:
-            fps_src, duration, count = _scan(container, stream)
+        if not count:
+            fps_src, duration, count = _scan(container, stream, fps_src)
             container.close()
             if hasattr(file, "seek"):
                 file.seek(0)
@@ -321,16 +340,33 @@ def _load_file(file, name: str, cfg, p: _Params) -> Video:
             raise MediaError(f"video {name} ({codec}) does not state its frame size")
         n, h, w = _plan(n, height, width, cfg, p)
         targets = _even_indices(count, n) / fps_src
-        frames: list[np.ndarray] = [None] * n
-        times: list[float] = [0.0] * n
-        last = [None, None]  # the last kept av frame and its resized pixels
+        frames, times = _frame_buffer(n, h, w, cfg), [0.0] * n
+        last, copies, jobs = [None, 0], [], []  # last kept av frame and its slot; repeats; conversions
+        workers = min(MAX_WORKERS, os.cpu_count() or 1)
+        in_flight = threading.BoundedSemaphore(2 * workers)  # kept frames not yet converted: bounded
+
+        def convert(k: int, frame):
+            try:  # RGB conversion and PIL resizing release the GIL: they overlap decoding
+                rgb = Image.fromarray(frame.to_ndarray(format="rgb24"))
+                frames[k] = _resize(rgb, h, w, cfg.resample)
+            finally:
+                in_flight.release()
 
         def keep(k: int, frame, t: float):
-            if last[0] is not frame:  # one frame may be nearest to several targets
-                last[:] = frame, _resize(frame.to_image(), h, w, cfg.resample)
-            frames[k], times[k] = last[1], t
+            times[k] = t
+            if last[0] is frame:  # one frame may be nearest to several targets
+                copies.append((k, last[1]))
+                return
+            last[:] = frame, k
+            in_flight.acquire()
+            jobs.append(pool.submit(convert, k, frame))
 
-        decoded = _decode_nearest(container, stream, targets, keep, name, codec)
+        with ThreadPoolExecutor(workers) as pool:
+            decoded = _decode_nearest(container, stream, targets, keep, name, codec)
+            for job in jobs:
+                job.result()
+        for k, j in copies:
+            frames[k] = frames[j]
     finally:
         container.close()
     return _finish(frames, times, cfg, source_fps=fps_src, duration=duration, source_size=(height, width),
@@ -347,11 +383,11 @@ def _decode_nearest(container, stream, targets: np.ndarray, keep: Callable, name
     start = float(stream.start_time * tb) if stream.start_time is not None and tb else None
     k, K = 0, len(targets)
     prev, prev_t = None, -math.inf
-    decoded, errors = 0, 0
+    decoded = 0
     last_key, gop, can_seek, seek_from = None, 0.0, tb is not None, None
     packets = container.demux(stream)
     while k < K:
-        for frame in _decode(stream, packets, name, codec):
+        for frame in _decode(stream, packets):
             t = frame.time if frame.time is not None else (prev_t + start + 1e-3 if prev is not None else 0.0)
             if start is None:
                 start = t
@@ -370,7 +406,7 @@ def _decode_nearest(container, stream, targets: np.ndarray, keep: Callable, name
             prev, prev_t = frame, t
             if k < K and can_seek and gop > 0 and targets[k] - t > max(MIN_SEEK_GAP, 2 * gop):
                 container.seek(int((targets[k] + start) / tb), stream=stream, backward=True, any_frame=False)
-                packets, seek_from = container.demux(stream), t
+                packets, seek_from, last_key = container.demux(stream), t, None  # no gop across a jump
                 break
         else:
             break  # end of stream
@@ -382,7 +418,7 @@ def _decode_nearest(container, stream, targets: np.ndarray, keep: Callable, name
     return decoded
 
 
-def _decode(stream, packets, name: str, codec: str) -> Iterator:
+def _decode(stream, packets) -> Iterator:
     """Frames of `packets`; a packet the decoder rejects is skipped (as players do)."""
     for packet in packets:
         try:
