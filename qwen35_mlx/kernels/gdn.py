@@ -14,6 +14,9 @@ Per token, with S mapping keys to values (v ~ S k):
 
 from __future__ import annotations
 
+import functools
+import os
+
 import mlx.core as mx
 
 IMPLS = ("reference", "chunked", "metal", "cuda")
@@ -159,18 +162,32 @@ def gdn_chunked(q, k, v, g, beta, state=None, chunk=64, segment=2048):
     g, beta = gate(g), gate(beta)
     state = state.reshape(B, Hk, r, Dv, Dk).swapaxes(-1, -2)
 
+    # On the CPU every op runs on one thread: split the key heads over one stream per core.
+    streams = _cpu_streams() if mx.default_device() == mx.cpu and Hk > 1 else (None,)
+    bounds = [Hk * i // len(streams) for i in range(len(streams) + 1)]
+    heads = [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+    states = [state[:, h] for h in heads]
     per = max(1, segment // C)
-    ys = []
+    ys = [[] for _ in heads]
     for s in range(0, N, per):
         sl = slice(s, s + per)
-        y, state = _chunked_segment(q[..., sl, :, :], k[..., sl, :, :], v[..., sl, :, :],
-                                    g[..., sl, :], beta[..., sl, :], state, C)
-        ys.append(y)
+        for i, (h, stream) in enumerate(zip(heads, streams)):
+            with mx.stream(stream or mx.default_stream(mx.default_device())):
+                y, states[i] = _chunked_segment(q[:, h, ..., sl, :, :], k[:, h, ..., sl, :, :],
+                                                v[:, h, ..., sl, :, :], g[:, h, ..., sl, :],
+                                                beta[:, h, ..., sl, :], states[i], C)
+            ys[i].append(y)
         if N > per:
-            mx.eval(y, state)                                    # bound the graph and memory per segment
-    y = mx.concatenate(ys, axis=3) if len(ys) > 1 else ys[0]     # [B, Hk, r, N, C, Dv]
+            mx.eval([y[-1] for y in ys], states)                 # bound the graph and memory per segment
+    y = mx.concatenate([mx.concatenate(part, axis=3) for part in ys], axis=1)   # [B, Hk, r, N, C, Dv]
+    state = mx.concatenate(states, axis=1)
     y = y.transpose(0, 3, 4, 1, 2, 5).reshape(B, Tp, Hv, Dv)[:, :T]
     return y.astype(out_dtype), state.swapaxes(-1, -2).reshape(B, Hv, Dv, Dk)
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_streams():
+    return tuple(mx.new_stream(mx.cpu) for _ in range(max(1, min(os.cpu_count() or 1, 8))))
 
 
 def _step_mask(mask, lengths, B, T):

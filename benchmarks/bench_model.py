@@ -1,0 +1,190 @@
+"""Whole-model prefill and decode of the Qwen3.5-0.8B configuration (random weights), ours vs mlx-lm's own
+Qwen3.5 model, in one process on the same weights.
+
+    python benchmarks/bench_model.py [--prompt 1024 8192] [--decode 64] [--dtype bfloat16] [--bits 4]
+        [--out benchmarks/RESULTS.md]
+
+Both models are built from the same Hugging Face-layout weight dict through each package's own sanitize,
+so they compute the same function (checked: the last-token logits agree). Prefill is one call per
+--prefill-chunk tokens (both packages chunk the same way); decode is greedy with the cache after the
+prompt. With --bits both are quantized the same way (affine, group 64) after loading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import sys
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from configs import QWEN35_0_8B  # noqa: E402
+
+
+def hf_weights(cfg: dict, dtype, seed=0) -> dict:
+    """Random weights in the Hugging Face VL layout (what both packages' loaders read)."""
+    from qwen35_mlx.config import Qwen35Config
+    from qwen35_mlx.model.qwen35 import Qwen35Model
+    from mlx.utils import tree_flatten
+
+    c = Qwen35Config.from_dict({**cfg, "vision_config": None})
+    shapes = {k: v.shape for k, v in tree_flatten(Qwen35Model(c).parameters())}
+    mx.random.seed(seed)
+    out = {}
+    for k, shape in shapes.items():
+        if k.endswith("conv1d.weight"):
+            shape = (shape[0], 1, shape[1])                       # HF [C, 1, K]
+        if "norm" in k and len(shape) == 1:
+            w = mx.random.normal(shape) * 0.1 if "linear_attn.norm" not in k else 1 + mx.random.normal(shape) * 0.1
+        elif k.endswith("A_log"):
+            w = mx.log(mx.random.uniform(1, 16, shape))
+        elif k.endswith("dt_bias"):
+            w = mx.ones(shape)
+        else:
+            w = mx.random.normal(shape) * (0.02 if "embed" not in k else 1.0)
+        out[k] = w.astype(dtype)
+    mx.eval(out)
+    return out
+
+
+def build_ours(cfg, weights, bits):
+    from qwen35_mlx.config import Qwen35Config
+    from qwen35_mlx.loading import sanitize
+    from qwen35_mlx.model.qwen35 import Qwen35Model
+
+    c = Qwen35Config.from_dict({**cfg, "vision_config": None})
+    model = Qwen35Model(c)
+    w, _ = sanitize(dict(weights), c, mlx_layout=False)
+    model.load_weights(list(w.items()), strict=True)
+    if bits:
+        from qwen35_mlx.quantize import quantize_model
+        quantize_model(model, bits=bits, group_size=64)
+    mx.eval(model.parameters())
+    return model
+
+
+def build_mlx_lm(cfg, weights, bits):
+    from mlx_lm.models import qwen3_5
+
+    args = qwen3_5.ModelArgs.from_dict({**cfg, "vision_config": None})
+    model = qwen3_5.Model(args)
+    w = model.sanitize({k: v for k, v in weights.items()})
+    model.load_weights(list(w.items()), strict=True)
+    if bits:
+        nn.quantize(model, group_size=64, bits=bits, class_predicate=lambda p, m: hasattr(m, "to_quantized")
+                    and not p.endswith(("in_proj_a", "in_proj_b", "mlp.gate", "shared_expert_gate"))
+                    and m.weight.shape[-1] % 64 == 0)
+    mx.eval(model.parameters())
+    return model
+
+
+def run(model, cache, ids, chunk):
+    for s in range(0, ids.shape[1], chunk):
+        logits = model(ids[:, s:s + chunk], cache=cache)[:, -1]
+        mx.eval(logits)
+    return logits
+
+
+def bench(name, model, make_cache, T, n_decode, chunk, vocab):
+    ids = mx.array(np.random.default_rng(1).integers(0, vocab, (1, T)), mx.int32)
+    cache = make_cache()
+    run(model, cache, ids[:, :min(T, 256)], chunk)                       # warm up kernels/compile
+    cache = make_cache()
+    gc.collect()
+    mx.synchronize()
+    mx.reset_peak_memory()
+    t = time.perf_counter()
+    logits = run(model, cache, ids, chunk)
+    tok = mx.argmax(logits, axis=-1)
+    mx.eval(tok)
+    prefill = time.perf_counter() - t
+    for _ in range(3):                                                   # warm the decode path
+        tok = mx.argmax(model(tok[:, None], cache=cache)[:, -1], axis=-1)
+        mx.eval(tok)
+    t = time.perf_counter()
+    for _ in range(n_decode):
+        tok = mx.argmax(model(tok[:, None], cache=cache)[:, -1], axis=-1)
+        mx.async_eval(tok)
+    mx.eval(tok)
+    decode = time.perf_counter() - t
+    return {"name": name, "T": T, "prefill_tps": T / prefill, "decode_tps": n_decode / decode,
+            "peak_gb": mx.get_peak_memory() / 1e9, "logits": np.array(logits.astype(mx.float32))}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--prompt", type=int, nargs="+", default=[1024, 8192])
+    p.add_argument("--decode", type=int, default=64)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--bits", type=int, default=0)
+    p.add_argument("--prefill-chunk", type=int, default=2048)
+    p.add_argument("--skip-mlx-lm-above", type=int, default=1 << 30,
+                   help="prompt lengths above this run ours only (mlx-lm's per-token GDN prefill is slow)")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    dtype = getattr(mx, args.dtype)
+    cfg = QWEN35_0_8B
+    weights = hf_weights(cfg, dtype)
+    ours = build_ours(cfg, weights, args.bits)
+    theirs = build_mlx_lm(cfg, weights, args.bits)
+    del weights
+    from mlx_lm.models.cache import make_prompt_cache
+    vocab = cfg["text_config"]["vocab_size"]
+    rows = []
+    for T in args.prompt:
+        a = bench("qwen35_mlx", ours, ours.make_cache, T, args.decode, args.prefill_chunk, vocab)
+        b = None
+        if T <= args.skip_mlx_lm_above:
+            b = bench("mlx-lm", theirs, lambda: make_prompt_cache(theirs), T, args.decode,
+                      args.prefill_chunk, vocab)
+            err = np.linalg.norm(a["logits"] - b["logits"]) / np.linalg.norm(b["logits"])
+            a["agree"] = float(err)
+        rows.append((a, b))
+        print(_row(a, b), flush=True)
+    if args.out:
+        _write(args, rows)
+
+
+def _row(a, b):
+    s = f"T={a['T']}: ours prefill {a['prefill_tps']:.0f} tok/s, decode {a['decode_tps']:.1f} tok/s, " \
+        f"peak {a['peak_gb']:.2f} GB"
+    if b:
+        s += f" | mlx-lm prefill {b['prefill_tps']:.0f} tok/s, decode {b['decode_tps']:.1f} tok/s, " \
+             f"peak {b['peak_gb']:.2f} GB | ratio prefill {a['prefill_tps'] / b['prefill_tps']:.1f}x, " \
+             f"decode {a['decode_tps'] / b['decode_tps']:.2f}x | logits rel diff {a.get('agree', 0):.1e}"
+    return s
+
+
+def _write(args, rows):
+    dev = mx.default_device()
+    try:
+        name = mx.device_info().get("device_name", str(dev))
+    except Exception:  # noqa: BLE001
+        name = str(dev)
+    lines = [f"\n### Whole model, Qwen3.5-0.8B config, random {args.dtype} weights"
+             f"{f', {args.bits}-bit' if args.bits else ''} ({datetime.date.today()}, {name}, mlx {mx.__version__})",
+             f"`python benchmarks/bench_model.py {' '.join(sys.argv[1:])}`", "",
+             "| prompt | ours prefill tok/s | mlx-lm prefill tok/s | ratio | ours decode tok/s | mlx-lm decode tok/s |"
+             " ratio | ours peak GB | mlx-lm peak GB | logits rel diff |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for a, b in rows:
+        if b:
+            lines.append(f"| {a['T']} | {a['prefill_tps']:.0f} | {b['prefill_tps']:.0f} | "
+                         f"{a['prefill_tps'] / b['prefill_tps']:.1f}x | {a['decode_tps']:.1f} | {b['decode_tps']:.1f} | "
+                         f"{a['decode_tps'] / b['decode_tps']:.2f}x | {a['peak_gb']:.2f} | {b['peak_gb']:.2f} | "
+                         f"{a.get('agree', 0):.1e} |")
+        else:
+            lines.append(f"| {a['T']} | {a['prefill_tps']:.0f} | – | – | {a['decode_tps']:.1f} | – | – | "
+                         f"{a['peak_gb']:.2f} | – | – |")
+    with open(args.out, "a") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
