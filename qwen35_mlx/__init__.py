@@ -11,8 +11,9 @@ import warnings
 warnings.filterwarnings("ignore", message=r".*'qwen35_mlx\.generate' found in sys\.modules", category=RuntimeWarning)
 
 from .errors import ConfigError, GenerationError, MediaError, PromptError, Qwen35Error, WeightsError  # noqa: E402
+from .cache import PromptCache  # noqa: E402
 from .generate import GenerationChunk, generate, load, stream_generate  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["load", "generate", "stream_generate", "GenerationChunk", "Qwen35Error", "ConfigError",
+__all__ = ["load", "generate", "stream_generate", "GenerationChunk", "PromptCache", "Qwen35Error", "ConfigError",
            "WeightsError", "MediaError", "PromptError", "GenerationError"]

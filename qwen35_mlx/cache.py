@@ -1,7 +1,8 @@
 """Per-sequence cache: KV for the attention layers, conv + recurrent state for the GDN layers.
 
 GDN state cannot be trimmed back to an earlier position, so reuse of a shared prompt prefix works by
-snapshots (`snapshot` / `restore`) taken at chunk boundaries, not by trimming.
+snapshots (`snapshot` / `restore`) taken at chunk boundaries; KV caches are simply trimmed.
+`PromptCache` keeps one live cache and its snapshots across calls (multi-turn chat).
 """
 
 from __future__ import annotations
@@ -25,16 +26,6 @@ class GDNCache:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.state_arrays)
 
-    def copy(self) -> "GDNCache":
-        c = GDNCache()
-        c.conv, c.state = self.conv, self.state                  # arrays are immutable: sharing is a copy
-        return c
-
-
-def _kv_copy(c):
-    new = type(c).__new__(type(c))
-    new.__dict__.update(c.__dict__)
-    return new
 
 
 class ModelCache(list):
@@ -64,21 +55,77 @@ class ModelCache(list):
                 out += [c.keys, c.values] if not isinstance(c.keys, tuple) else [*c.keys, *c.values]
         return out
 
-    def snapshot(self) -> "ModelCache":
-        """A cheap copy of the cache at this point: later updates to either side do not touch the other.
+    def snapshot(self) -> "Snapshot":
+        """The state after `offset` tokens. Only the GDN layers need copying (their state cannot be
+        rewound; arrays are immutable, so holding them is the copy); KV caches are rewound by trimming."""
+        return Snapshot(self.offset, self.rope_delta,
+                        [(c.conv, c.state) if isinstance(c, GDNCache) else None for c in self])
 
-        KV caches write into preallocated buffers in place, so their arrays are sliced to the used length.
-        """
-        snap = ModelCache.__new__(ModelCache)
-        list.__init__(snap, [c.copy() if isinstance(c, GDNCache) else _kv_snapshot(c) for c in self])
-        snap.offset, snap.rope_delta, snap.kv_bits = self.offset, self.rope_delta, self.kv_bits
-        return snap
+    def restore(self, snap: "Snapshot") -> None:
+        """Go back to a snapshot of this cache taken at an earlier (or the same) offset."""
+        if snap.offset > self.offset:
+            raise ValueError(f"cannot restore a snapshot at {snap.offset} tokens into a cache at {self.offset}")
+        for c, gdn in zip(self, snap.gdn):
+            if isinstance(c, GDNCache):
+                c.conv, c.state = gdn
+            else:
+                c.trim(c.offset - snap.offset)
+        self.offset, self.rope_delta = snap.offset, snap.rope_delta
 
 
-def _kv_snapshot(c):
-    new = _kv_copy(c)
-    if c.keys is not None:
-        n = c.offset
-        cut = (lambda a: tuple(x[..., :n, :] for x in a)) if isinstance(c.keys, tuple) else (lambda a: a[..., :n, :])
-        new.keys, new.values = cut(c.keys), cut(c.values)
-    return new
+class Snapshot:
+    """A restorable point of a ModelCache: token count, rope delta, and the GDN layers' states."""
+
+    def __init__(self, offset: int, rope_delta, gdn: list):
+        self.offset, self.rope_delta, self.gdn = offset, rope_delta, gdn
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for pair in self.gdn if pair for a in pair if a is not None)
+
+
+class PromptCache:
+    """Reuse across `stream_generate` calls: the tokens the live cache holds, and snapshots of it at
+    prefill chunk boundaries and at the end of each turn. A new prompt sharing a prefix restores the
+    latest snapshot inside that prefix and prefills only the rest. Prompts with images or videos are
+    prefilled whole (their 3-D positions span the whole prompt)."""
+
+    def __init__(self, model, max_snapshots: int = 8, kv_bits: int | None = None, kv_group_size: int = 64):
+        self.model = model
+        self.max_snapshots = max_snapshots
+        self.kv = (kv_bits, kv_group_size)
+        self.reset()
+
+    def reset(self):
+        self.cache = self.model.make_cache(kv_bits=self.kv[0], kv_group_size=self.kv[1])
+        self.tokens: list[int] = []
+        self.snapshots: list[Snapshot] = []
+
+    def take_snapshot(self):
+        if self.snapshots and self.snapshots[-1].offset == self.cache.offset:
+            return
+        self.snapshots.append(self.cache.snapshot())
+        if len(self.snapshots) > self.max_snapshots:
+            self.snapshots.pop(0)
+
+    def reuse(self, prompt: list[int], media: bool) -> int:
+        """Rewind the live cache to the longest snapshotted prefix of `prompt` (at least one prompt token is
+        always left to run). Returns how many prompt tokens are already in the cache."""
+        if media:
+            self.reset()
+            return 0
+        common = 0
+        for a, b in zip(self.tokens, prompt):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(prompt) - 1)
+        usable = [s for s in self.snapshots if s.offset <= common]
+        if not usable:
+            self.reset()
+            return 0
+        snap = usable[-1]
+        self.cache.restore(snap)
+        self.snapshots = usable
+        self.tokens = self.tokens[:snap.offset]
+        return snap.offset

@@ -16,8 +16,10 @@ from pathlib import Path
 import mlx.core as mx
 from mlx_lm.sample_utils import make_sampler
 
+from . import memory
 from .errors import GenerationError, PromptError, Qwen35Error
 from .loading import load_model, resolve
+from .cache import PromptCache
 from .processing.prompt import MediaOptions, Processor
 
 DEFAULT_PREFILL_CHUNK = 2048
@@ -121,22 +123,30 @@ class GenerationChunk:
     generation_tps: float
     peak_memory_gb: float
     finish_reason: str | None = None   # "stop" (EOS), "length" (max_tokens or context full), or None
+    cached_prompt_tokens: int = 0      # prompt tokens reused from a PromptCache (not prefilled again)
 
 
-def _prefill(model, cache, inputs, chunk: int):
-    """Run the prompt through the model in chunks of `chunk` tokens; returns the last position's logits."""
+def _prefill(model, cache, inputs, chunk: int, start: int = 0, on_chunk=None):
+    """Run the prompt (from token `start`, the rest being in the cache already) through the model in chunks
+    of `chunk` tokens, ending on multiples of `chunk`; returns the last position's logits."""
+    ids = inputs["input_ids"]
     embeds, positions, deltas = model.embed(
-        inputs["input_ids"], pixel_values=inputs.get("pixel_values"), image_grid_thw=inputs.get("image_grid_thw"),
-        pixel_values_videos=inputs.get("pixel_values_videos"), video_grid_thw=inputs.get("video_grid_thw"))
+        ids if start == 0 else ids[:, start:], pixel_values=inputs.get("pixel_values"),
+        image_grid_thw=inputs.get("image_grid_thw"), pixel_values_videos=inputs.get("pixel_values_videos"),
+        video_grid_thw=inputs.get("video_grid_thw"))
     if deltas is not None:
         cache.rope_delta = deltas[0]
-    T = embeds.shape[1]
-    for s in range(0, T, chunk):
-        e = min(T, s + chunk)
+    T = ids.shape[1]
+    s = start
+    while s < T:
+        e = min(T, (s // chunk + 1) * chunk)
         pos = None if positions is None else positions[:, :, s:e]
-        h = model.hidden_states(inputs_embeds=embeds[:, s:e], position_ids=pos, cache=cache)
+        h = model.hidden_states(inputs_embeds=embeds[:, s - start:e - start], position_ids=pos, cache=cache)
         if e < T:
             mx.eval(cache.state_arrays())                # bound the graph: one chunk at a time
+            if on_chunk is not None:
+                on_chunk()
+        s = e
     return model.logits(h[:, -1:])[:, -1]
 
 
@@ -146,10 +156,12 @@ def stream_generate(model, processor: Processor, prompt, images=None, videos=Non
                     repetition_penalty: float | None = None, seed: int | None = None, system: str | None = None,
                     enable_thinking: bool | None = None, chat_template: bool = True,
                     media: MediaOptions | None = None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
-                    kv_bits: int | None = None, kv_group_size: int = 64, **media_kwargs):
+                    kv_bits: int | None = None, kv_group_size: int = 64, prompt_cache: PromptCache | None = None,
+                    **media_kwargs):
     """Yield a GenerationChunk per generated token. Sampling defaults come from the checkpoint's
     generation_config.json (what the model authors recommend), else greedy. Break out of the loop to
-    cancel: nothing keeps running."""
+    cancel: nothing keeps running. With `prompt_cache=PromptCache(model)`, a prompt that extends an
+    earlier one (the next turn of a chat) prefills only what is new."""
     sampling = _sampling(processor, temperature, top_p, top_k, min_p, presence_penalty, repetition_penalty, seed)
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
         raise GenerationError(f"max_tokens={max_tokens!r}: must be an integer >= 0")
@@ -157,6 +169,9 @@ def stream_generate(model, processor: Processor, prompt, images=None, videos=Non
         raise GenerationError(f"prefill_chunk={prefill_chunk!r}: must be a positive integer")
     if kv_bits not in (None, 4, 8):
         raise GenerationError(f"kv_bits={kv_bits!r}: must be 4, 8 or None")
+    if kv_bits and (kv_group_size not in (32, 64, 128) or model.config.text.head_dim % kv_group_size):
+        raise GenerationError(f"kv_group_size={kv_group_size!r}: must be 32, 64 or 128 and divide the head "
+                              f"dim {model.config.text.head_dim}")
     media = media or MediaOptions(**media_kwargs)
     inputs = processor(prompt, images=images, videos=videos, system=system, enable_thinking=enable_thinking,
                        chat_template=chat_template, media=media)
@@ -173,8 +188,18 @@ def stream_generate(model, processor: Processor, prompt, images=None, videos=Non
     detok = processor.tokenizer.detokenizer
     detok.reset()
     n_text_ids = len(processor.tokenizer._tokenizer)     # embedding rows past the tokenizer decode to nothing
-    cache = model.make_cache(kv_bits=kv_bits, kv_group_size=kv_group_size)
     budget = min(max_tokens, context - n_prompt)
+    start = 0
+    if prompt_cache is None:
+        cache = model.make_cache(kv_bits=kv_bits, kv_group_size=kv_group_size)
+    else:
+        if prompt_cache.model is not model:
+            raise GenerationError("prompt_cache belongs to another model")
+        if kv_bits is not None and (kv_bits, kv_group_size) != prompt_cache.kv:
+            raise GenerationError("kv_bits/kv_group_size are set by the PromptCache; pass them to PromptCache()")
+        start = prompt_cache.reuse(prompt_ids.tolist(), media=len(inputs) > 1)
+        cache = prompt_cache.cache
+    memory.check_fits(model, n_prompt + budget, kv_bits, kv_group_size, prefill_chunk)   # where a limit is reported
 
     def sample(logits):
         if penalties.active:
@@ -186,8 +211,25 @@ def stream_generate(model, processor: Processor, prompt, images=None, videos=Non
     tic = time.perf_counter()
     if budget == 0:
         return
-    token, logprobs = sample(_prefill(model, cache, inputs, prefill_chunk))
+    try:
+        yield from _decode(model, cache, inputs, prefill_chunk, start, prompt_cache, budget, sample, penalties,
+                           eos, detok, n_text_ids, n_prompt, tic)
+    finally:
+        if prompt_cache is not None:
+            if len(prompt_cache.tokens) == cache.offset:
+                prompt_cache.take_snapshot()
+            else:                                           # interrupted mid-step: start afresh next time
+                prompt_cache.reset()
+
+
+def _decode(model, cache, inputs, prefill_chunk, start, prompt_cache, budget, sample, penalties, eos, detok,
+            n_text_ids, n_prompt, tic):
+    snap = prompt_cache.take_snapshot if prompt_cache is not None else None
+    token, logprobs = sample(_prefill(model, cache, inputs, prefill_chunk, start, snap))
     mx.async_eval(token, logprobs)
+    if prompt_cache is not None:
+        prompt_cache.tokens = inputs["input_ids"][0].tolist()
+        prompt_cache.take_snapshot()                      # the end of the prompt: the next turn extends it
     prompt_time = None
     for n in range(budget):
         if n + 1 < budget:                                  # queue the next step before reading this one
@@ -195,6 +237,8 @@ def stream_generate(model, processor: Processor, prompt, images=None, videos=Non
             nxt, nxt_lp = sample(model(token[:, None], cache=cache)[:, -1])
             mx.async_eval(nxt, nxt_lp)
         t = token.item()
+        if prompt_cache is not None and n + 1 < budget:
+            prompt_cache.tokens.append(t)                   # fed to the cache above
         if prompt_time is None:
             prompt_time = time.perf_counter() - tic
             tic = time.perf_counter()
@@ -206,9 +250,9 @@ def stream_generate(model, processor: Processor, prompt, images=None, videos=Non
             detok.finalize()
         elapsed = max(time.perf_counter() - tic, 1e-9)
         yield GenerationChunk(text=detok.last_segment, token=t, logprobs=logprobs[0], prompt_tokens=n_prompt,
-                              prompt_tps=n_prompt / max(prompt_time, 1e-9), generation_tokens=n + 1,
+                              prompt_tps=(n_prompt - start) / max(prompt_time, 1e-9), generation_tokens=n + 1,
                               generation_tps=(n + 1) / elapsed, peak_memory_gb=mx.get_peak_memory() / 1e9,
-                              finish_reason=finish)
+                              finish_reason=finish, cached_prompt_tokens=start)
         if done:
             return
         if n + 1 < budget:
@@ -287,9 +331,8 @@ def main(argv=None):
             print(f"Generation: {last.generation_tokens} tokens, {last.generation_tps:.1f} tokens/s", file=sys.stderr)
             print(f"Peak memory: {last.peak_memory_gb:.3f} GB", file=sys.stderr)
             if args.verbose:
-                from .memory import report  # noqa: PLC0415
-                print(report(model, last.prompt_tokens + last.generation_tokens, kv_bits=args.kv_bits),
-                      file=sys.stderr)
+                print(memory.report(model, last.prompt_tokens + last.generation_tokens, kv_bits=args.kv_bits,
+                                    kv_group_size=args.kv_group_size), file=sys.stderr)
     except Qwen35Error as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

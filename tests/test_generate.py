@@ -150,3 +150,44 @@ def test_cli_errors_are_one_line(dense_text_path, args, match):
     r = run_cli(*args)
     assert r.returncode == 2
     assert r.stderr.startswith("error: ") and match in r.stderr and "Traceback" not in r.stderr
+
+
+def test_prompt_cache_reuses_the_shared_prefix(tiny):
+    """A second chat turn restores the snapshot at the end of the first and prefills only the new tokens;
+    tokens and logprobs equal a run from scratch."""
+    from qwen35_mlx import PromptCache
+    model, proc = tiny
+    pc = PromptCache(model)
+    turn1 = [{"role": "user", "content": "Explain the delta rule. " * 20}]
+    first = list(stream_generate(model, proc, turn1, max_tokens=6, temperature=0.0, prefill_chunk=64,
+                                 prompt_cache=pc, enable_thinking=False))
+    assert first[-1].cached_prompt_tokens == 0
+    assert first
+    turn2 = turn1 + [{"role": "assistant", "content": "It corrects the state."},
+                     {"role": "user", "content": "Shorter, please."}]
+    kw = dict(max_tokens=8, temperature=0.0, prefill_chunk=64, enable_thinking=False)
+    reused = list(stream_generate(model, proc, turn2, prompt_cache=pc, **kw))
+    fresh = list(stream_generate(model, proc, turn2, **kw))
+    assert reused[-1].cached_prompt_tokens >= 64                 # at least the chunk snapshots were reused
+    assert [c.token for c in reused] == [c.token for c in fresh]
+    for a, b in zip(reused, fresh):
+        assert float(mx.abs(a.logprobs - b.logprobs).max()) < 1e-4
+    # a different conversation shares nothing: the cache starts afresh and still agrees
+    other = list(stream_generate(model, proc, "Something else.", prompt_cache=pc, **kw))
+    assert other[-1].cached_prompt_tokens == 0
+    assert [c.token for c in other] == [c.token for c in stream_generate(model, proc, "Something else.", **kw)]
+
+
+def test_snapshot_restore_equals_recompute(tiny):
+    model, _ = tiny
+    ids = mx.array(np.random.default_rng(9).integers(0, 400, (1, 90)))
+    cache = model.make_cache()
+    model(ids[:, :50], cache=cache)
+    snap = cache.snapshot()
+    model(ids[:, 50:], cache=cache)                              # move on past the snapshot
+    cache.restore(snap)
+    again = model(ids[:, 50:], cache=cache)
+    fresh = model.make_cache()
+    model(ids[:, :50], cache=fresh)
+    from helpers import assert_rel_close
+    assert_rel_close(again, model(ids[:, 50:], cache=fresh), 1e-6, "restored vs recomputed")
