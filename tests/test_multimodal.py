@@ -121,3 +121,10 @@ def test_placeholder_and_media_counts_must_match(vl):
     one = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}]
     with pytest.raises(PromptError, match="1 image"):
         proc(one, images=[image(8, 64, 64), image(9, 64, 64)])
+
+
+def test_small_max_pixels_lowers_the_minimum(vl):
+    """Asking for fewer pixels than the checkpoint's min_pixels shrinks the image instead of failing."""
+    _, proc, _ = vl
+    inputs = proc("?", images=[image(10, 300, 300)], max_pixels=64 * 64)
+    assert inputs["image_grid_thw"].tolist() == [[1, 4, 4]]                 # 64x64 px: 4 tokens

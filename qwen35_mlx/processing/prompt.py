@@ -60,7 +60,8 @@ class Processor:
     def _images(self, images, opts: MediaOptions):
         from .image import load_image, process_images  # noqa: PLC0415
         pixels, grid = process_images([load_image(i) for i in images], self.image_config,
-                                      min_pixels=opts.min_pixels, max_pixels=opts.max_pixels)
+                                      min_pixels=_floor(opts, self.image_config.min_pixels),
+                                      max_pixels=opts.max_pixels)
         return pixels, grid
 
     def _videos(self, videos, opts: MediaOptions):
@@ -68,7 +69,7 @@ class Processor:
         pixels, grids, stamps = [], [], []
         for v in videos:
             video = load_video(v, fps=opts.fps, min_frames=opts.min_frames, max_frames=opts.max_frames,
-                               min_pixels=opts.min_pixels, max_pixels=opts.max_pixels,
+                               min_pixels=_floor(opts, None), max_pixels=opts.max_pixels,
                                max_tokens=opts.video_max_tokens, max_frame_tokens=opts.video_max_frame_tokens,
                                cfg=self.video_config)
             p, g, ts = process_video(video, self.video_config)
@@ -143,6 +144,15 @@ class Processor:
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids))
+
+
+def _floor(opts: MediaOptions, default_min):
+    """A max_pixels below the checkpoint's min_pixels lowers the minimum with it (asking for small images
+    should not be an error); an explicit min_pixels is kept as given."""
+    if opts.min_pixels is None and opts.max_pixels is not None and default_min is not None \
+            and opts.max_pixels < default_min:
+        return opts.max_pixels
+    return opts.min_pixels
 
 
 def _video_text(grid, stamps, merge) -> str:
