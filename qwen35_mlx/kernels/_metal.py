@@ -1,0 +1,66 @@
+"""Kernel sources in metal/, built once per backend: Metal through mx.fast.metal_kernel, CUDA through
+mx.fast.cuda_kernel. Both compile the same body with metal/common.h as the header; a short prologue binds
+the thread indices the body uses (tid, lane, sg, tgid) and, on CUDA, Metal's address-space words."""
+
+from __future__ import annotations
+
+import importlib.resources
+from functools import lru_cache
+from pathlib import Path
+
+import mlx.core as mx
+
+_REPO_METAL = Path(__file__).resolve().parents[2] / "metal"
+
+PROLOGUE = {
+    "metal": (
+        "const uint tid = thread_position_in_threadgroup.x;\n"
+        "const uint lane = thread_index_in_simdgroup;\n"
+        "const uint sg = simdgroup_index_in_threadgroup;\n"
+        "const uint3 tgid = threadgroup_position_in_grid;\n"
+    ),
+    "cuda": (
+        "#define threadgroup __shared__\n"
+        "#define device\n"
+        "#define thread\n"
+        "#define constant\n"
+        "const uint tid = threadIdx.x;\n"
+        "const uint lane = tid & 31u;\n"
+        "const uint sg = tid >> 5;\n"
+        "const uint3 tgid = blockIdx;\n"
+    ),
+}
+
+# name -> (input names, output names); scalars travel in `meta` (int32), read as meta[i] on both backends
+KERNELS = {
+    "gdn_chunk_prep": (("q", "k", "v", "g", "beta", "meta"), ("W", "U", "Aqk", "Gc")),
+    "gdn_chunk_scan": (("q", "k", "W", "U", "Aqk", "Gc", "state_in", "meta"), ("y", "state_out")),
+    "gdn_step": (("q", "k", "v", "g", "beta", "state_in", "meta"), ("y", "state_out", "states")),
+}
+
+
+@lru_cache(maxsize=None)
+def read_source(name: str) -> str:
+    """metal/<name> from the installed data package qwen35_mlx.metal, else from the repo checkout."""
+    try:
+        return importlib.resources.files("qwen35_mlx.metal").joinpath(name).read_text()
+    except (ImportError, FileNotFoundError, TypeError, AttributeError):
+        return (_REPO_METAL / name).read_text()
+
+
+def kernel_source(name: str, backend: str) -> tuple[str, str]:
+    """(header, body) exactly as handed to the backend's kernel factory."""
+    return read_source("common.h"), PROLOGUE[backend] + read_source(f"{name}.metal")
+
+
+def kernel(name: str, backend: str):
+    """The callable kernel `name` for backend "metal" or "cuda" (built on first use)."""
+    header, body = kernel_source(name, backend)
+    factory = mx.fast.metal_kernel if backend == "metal" else mx.fast.cuda_kernel
+    return _build(factory, name, header, body)
+
+
+@lru_cache(maxsize=None)
+def _build(factory, name, header, body):
+    inputs, outputs = KERNELS[name]
+    return factory(name=name, input_names=list(inputs), output_names=list(outputs), source=body, header=header)

@@ -1,0 +1,186 @@
+"""Drivers for the GDN kernels in metal/ (one body, Metal or CUDA): shapes, launch geometry, fallbacks.
+
+Prefill runs two launches per segment of tokens:
+  gdn_chunk_prep  grid (NT*N, Hv, B): per chunk of C steps, the WY/UT factors W, U, Aqk, G (float32)
+  gdn_chunk_scan  grid (NT*Dv/BV, Hv, B): walks the chunks with a [Dk, BV] slice of the state on chip,
+                  writing y and the final state
+Decode and short runs (T < STEP_MAX_T) use gdn_step, which keeps the state in registers across the steps.
+Shapes a kernel cannot take go to gdn_chunked (prefill) or the token loop (decode): slower, never wrong.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+
+from . import _metal
+from .gdn import _check, _expand_heads, _step, _zeros_state, gdn_chunked, gdn_reference
+
+C = 64              # chunk length of the prefill kernels
+NT_PREP = 128       # threads per threadgroup: gdn_chunk_prep
+NT_SCAN = 256       # gdn_chunk_scan: 8 simdgroups, one phase-A task and one state row pair each at Dk=128
+NT_STEP = 64        # gdn_step
+STEP_MAX_T = 16     # below this many steps the recurrent kernel beats the two chunk launches
+SEGMENT_BYTES = 1 << 30  # bound on the prep -> scan intermediates of one launch pair
+BACKENDS = ("metal", "cuda")
+
+
+def chunk_supported(Dk: int, Dv: int) -> bool:
+    """Tiles are 16 key rows x 8 value columns, keys read 32 at a time; the scan keeps [Dk, BV] + [C, BV]
+    float32 on chip (<= 32 KiB threadgroup memory on Metal)."""
+    return Dk % 32 == 0 and Dv % 8 == 0 and 32 <= Dk <= 256
+
+
+def step_lanes(Dk: int) -> int:
+    """Lanes sharing one state row in gdn_step: enough that each holds at most 32 keys (a power of 2
+    dividing Dk, at most 32)."""
+    L = 1
+    while Dk // L > 32 and Dk % (2 * L) == 0 and L < 32:
+        L *= 2
+    return L
+
+
+def step_supported(Dk: int) -> bool:
+    return Dk // step_lanes(Dk) <= 64
+
+
+def scan_bv(Dv: int) -> int:
+    """Value columns per scan threadgroup: 16 gives 8 threadgroups per head at Dv = 128."""
+    return 16 if Dv % 16 == 0 else 8
+
+
+def default_prec(dtype, backend: str) -> int:
+    """CUDA tile products: 3xTF32 (about fp32 accurate) for float32 inputs; tf32 for bf16/fp16 inputs, whose
+    error (~5e-4 relative) stays under the rounding of their own output. Metal multiplies in fp32 anyway."""
+    return 1 if dtype == mx.float32 else 0
+
+
+def segment_len(B: int, Hv: int, Dk: int, Dv: int) -> int:
+    per_token = B * Hv * 4 * (Dk + Dv + C + 1)
+    n = max(1, SEGMENT_BYTES // (per_token * C))
+    return C * (1 << int(math.log2(n)))
+
+
+def _prep_inputs(q, k, v, g, beta, state):
+    dt = q.dtype
+    state = _zeros_state(q, v) if state is None else state.astype(mx.float32)
+    return q, k.astype(dt), v.astype(dt), g.astype(mx.float32), beta.astype(mx.float32), state
+
+
+def gdn_chunk(q, k, v, g, beta, state=None, *, backend="metal", bv=None, prec=None, nt_scan=NT_SCAN,
+              segment=None):
+    """Chunk-wise prefill through gdn_chunk_prep + gdn_chunk_scan. Same contract as gdn_reference."""
+    _check(q, k, v, g, beta, state)
+    B, T, Hk, Dk = q.shape
+    Hv, Dv = v.shape[2], v.shape[3]
+    if not chunk_supported(Dk, Dv):
+        return gdn_chunked(q, k, v, g, beta, state)
+    q, k, v, g, beta, state = _prep_inputs(q, k, v, g, beta, state)
+    if T == 0:
+        return mx.zeros((B, 0, Hv, Dv), q.dtype), state
+    bv = bv or scan_bv(Dv)
+    prec = default_prec(q.dtype, backend) if prec is None else prec
+    seg = segment or segment_len(B, Hv, Dk, Dv)
+    ys = []
+    for s in range(0, T, seg):
+        sl = slice(s, min(T, s + seg))
+        qs, ks = q[:, sl], k[:, sl]
+        inter = _prep_launch(qs, ks, v[:, sl], g[:, sl], beta[:, sl], backend, prec)
+        y, state = _scan_launch(qs, ks, inter, state, v.shape, backend, bv, prec, nt_scan)
+        ys.append(y)
+    return (ys[0] if len(ys) == 1 else mx.concatenate(ys, axis=1)), state
+
+
+def _prep_launch(q, k, v, g, beta, backend, prec):
+    B, T, Hk, Dk = q.shape
+    Hv, Dv = v.shape[2], v.shape[3]
+    N = -(-T // C)
+    return _metal.kernel("gdn_chunk_prep", backend)(
+        inputs=[q, k, v, g, beta, mx.array([T, N], dtype=mx.int32)],
+        template=[("InT", q.dtype), ("Dk", Dk), ("Dv", Dv), ("Hk", Hk), ("Hv", Hv), ("C", C),
+                  ("NT", NT_PREP), ("PREC", prec)],
+        grid=(NT_PREP * N, Hv, B),
+        threadgroup=(NT_PREP, 1, 1),
+        output_shapes=[(B, Hv, N, C, Dk), (B, Hv, N, C, Dv), (B, Hv, N, C, C), (B, Hv, N, C)],
+        output_dtypes=[mx.float32] * 4,
+    )
+
+
+def _scan_launch(q, k, inter, state, v_shape, backend, bv, prec, nt):
+    B, T, Hk, Dk = k.shape
+    Hv, Dv = v_shape[2], v_shape[3]
+    N = -(-T // C)
+    W, U, Aqk, Gc = inter
+    y, state = _metal.kernel("gdn_chunk_scan", backend)(
+        inputs=[q, k, W, U, Aqk, Gc, state, mx.array([T, N], dtype=mx.int32)],
+        template=[("InT", k.dtype), ("Dk", Dk), ("Dv", Dv), ("Hk", Hk), ("Hv", Hv), ("C", C), ("BV", bv),
+                  ("NT", nt), ("PREC", prec)],
+        grid=(nt * (Dv // bv), Hv, B),
+        threadgroup=(nt, 1, 1),
+        output_shapes=[(B, T, Hv, Dv), (B, Hv, Dv, Dk)],
+        output_dtypes=[k.dtype, mx.float32],
+    )
+    return y, state
+
+
+def chunk_parts(q, k, v, g, beta, state, *, backend="metal", bv=None, prec=None, nt_scan=NT_SCAN):
+    """The two launches of gdn_chunk as separate callables (benchmarks): {"prep": () -> intermediates,
+    "scan": intermediates -> (y, state)}. One segment: T must fit segment_len."""
+    q, k, v, g, beta, state = _prep_inputs(q, k, v, g, beta, state)
+    bv = bv or scan_bv(v.shape[3])
+    prec = default_prec(q.dtype, backend) if prec is None else prec
+    return {"prep": lambda: _prep_launch(q, k, v, g, beta, backend, prec),
+            "scan": lambda inter: _scan_launch(q, k, inter, state, v.shape, backend, bv, prec, nt_scan)}
+
+
+def gdn_step(q, k, v, g, beta, state=None, *, backend="metal", return_states=False):
+    """The recurrent kernel: returns (y, final state) or, with return_states, (y, final state, states)
+    where states [B, T, Hv, Dv, Dk] float32 holds the state after each step (rollback)."""
+    _check(q, k, v, g, beta, state)
+    B, T, Hk, Dk = q.shape
+    Hv, Dv = v.shape[2], v.shape[3]
+    if not step_supported(Dk) or T == 0:
+        return _step_loop(q, k, v, g, beta, state, return_states)
+    q, k, v, g, beta, state = _prep_inputs(q, k, v, g, beta, state)
+    L = step_lanes(Dk)
+    rows = NT_STEP // L
+    out = _metal.kernel("gdn_step", backend)(
+        inputs=[q, k, v, g, beta, state, mx.array([T], dtype=mx.int32)],
+        template=[("InT", q.dtype), ("Dk", Dk), ("Dv", Dv), ("Hk", Hk), ("Hv", Hv), ("L", L),
+                  ("NT", NT_STEP), ("SAVE", bool(return_states))],
+        grid=(NT_STEP * -(-Dv // rows), Hv, B),
+        threadgroup=(NT_STEP, 1, 1),
+        output_shapes=[(B, T, Hv, Dv), (B, Hv, Dv, Dk), (B, T, Hv, Dv, Dk) if return_states else (1,)],
+        output_dtypes=[q.dtype, mx.float32, mx.float32],
+    )
+    return tuple(out) if return_states else (out[0], out[1])
+
+
+def _step_loop(q, k, v, g, beta, state, return_states):
+    """Token loop in MLX ops (the fallback of gdn_step), optionally keeping every step's state."""
+    if not return_states:
+        return gdn_reference(q, k, v, g, beta, state)
+    r = v.shape[2] // q.shape[2]
+    out_dtype = q.dtype
+    q, k = (_expand_heads(x, r).astype(mx.float32) for x in (q, k))
+    v, g, beta = v.astype(mx.float32), g.astype(mx.float32), beta.astype(mx.float32)
+    state = _zeros_state(q, v) if state is None else state.astype(mx.float32)
+    ys, states = [], []
+    for t in range(q.shape[1]):
+        y, state = _step(q[:, t], k[:, t], v[:, t], g[:, t], beta[:, t], state)
+        ys.append(y)
+        states.append(state)
+    B, T, Hv, Dv, Dk = q.shape[0], q.shape[1], v.shape[2], v.shape[3], q.shape[3]
+    y = mx.stack(ys, axis=1).astype(out_dtype) if T else mx.zeros((B, 0, Hv, Dv), out_dtype)
+    st = mx.stack(states, axis=1) if T else mx.zeros((B, 0, Hv, Dv, Dk), mx.float32)
+    return y, state, st
+
+
+def gdn_kernel(q, k, v, g, beta, state=None, *, backend="metal"):
+    """The kernel path of gated_delta: the recurrent kernel for a few steps, the chunk kernels beyond."""
+    if backend not in BACKENDS:
+        raise ValueError(f"gdn_kernel: backend must be one of {BACKENDS}, got {backend!r}")
+    if q.shape[1] < STEP_MAX_T:
+        return gdn_step(q, k, v, g, beta, state, backend=backend)
+    return gdn_chunk(q, k, v, g, beta, state, backend=backend)
