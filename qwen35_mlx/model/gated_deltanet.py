@@ -80,8 +80,10 @@ class GatedDeltaNet(nn.Module):
         mixed = nn.silu(self.conv1d(conv_in))
 
         q, k, v = mx.split(mixed, [self.key_dim, 2 * self.key_dim], axis=-1)
-        q = l2norm(q.reshape(B, T, self.Hk, self.Dk)) * (self.Dk ** -0.5)
-        k = l2norm(k.reshape(B, T, self.Hk, self.Dk))
+        # normalised in fp32, then back to the activation dtype: a bf16 model feeds the scan bf16 q/k (as
+        # flash-linear-attention does), halving their bytes; the scan itself accumulates in fp32
+        q = (l2norm(q.reshape(B, T, self.Hk, self.Dk)) * (self.Dk ** -0.5)).astype(x.dtype)
+        k = l2norm(k.reshape(B, T, self.Hk, self.Dk)).astype(x.dtype)
         v = v.reshape(B, T, self.Hv, self.Dv)
         beta = mx.sigmoid(b.astype(mx.float32))
         g = -mx.exp(self.A_log.astype(mx.float32)) * nn.softplus(a.astype(mx.float32) + self.dt_bias)
