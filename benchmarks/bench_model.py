@@ -84,9 +84,22 @@ def build_mlx_lm(cfg, weights, bits):
     return model
 
 
+def last_logits(model, ids, cache):
+    """Logits of the last position only (what generation needs; the lm_head over every prompt position
+    would cost as much as a third of the model)."""
+    if hasattr(model, "make_cache"):
+        if "qwen35_mlx" in type(model).__module__:
+            return model(ids, cache=cache, last_only=True)[:, -1]
+        lm = model.language_model                                  # mlx-lm: its inner model, then its head
+        h = lm.model(ids, cache)[:, -1:]
+        head = lm.model.embed_tokens.as_linear if lm.args.tie_word_embeddings else lm.lm_head
+        return head(h)[:, -1]
+    raise TypeError(type(model))
+
+
 def run(model, cache, ids, chunk):
     for s in range(0, ids.shape[1], chunk):
-        logits = model(ids[:, s:s + chunk], cache=cache)[:, -1]
+        logits = last_logits(model, ids[:, s:s + chunk], cache)
         mx.eval(logits)
     return logits
 

@@ -162,13 +162,12 @@ def quantize_like(model: nn.Module, weights: dict, cfg: Qwen35Config) -> None:
     """Make the model's layers quantized wherever the checkpoint has `.scales`, with bits and group size
     read from the tensors' shapes and checked against config.json's `quantization`."""
     q = cfg.quantization or {}
-    mode = q.get("mode", "affine")
     for path, module in model.named_modules():
         if isinstance(module, nn.Linear | nn.Embedding) and f"{path}.scales" in weights:
             w = weights[f"{path}.weight"]
             in_dims = module.weight.shape[-1]
             bits, group = _infer_bits(path, w, weights[f"{path}.scales"], in_dims)
-            _check_against_config(path, bits, group, q)
+            mode = _check_against_config(path, bits, group, q)
             parent, _, leaf = path.rpartition(".")
             owner = model if not parent else _get(model, parent)
             qm = module.to_quantized(group_size=group, bits=bits, mode=mode)
@@ -180,8 +179,7 @@ def quantize_like(model: nn.Module, weights: dict, cfg: Qwen35Config) -> None:
             in_dims = module.gate_up_proj.shape[-1]
             bits, group = _infer_bits(path, weights[f"{path}.gate_up_proj"],
                                       weights[f"{path}.gate_up_proj_scales"], in_dims)
-            _check_against_config(path, bits, group, q)
-            module.quantize(group, bits, mode)
+            module.quantize(group, bits, _check_against_config(path, bits, group, q))
 
 
 def _get(model, path):
@@ -200,18 +198,31 @@ def _infer_bits(path, packed, scales, in_dims):
     return bits, group
 
 
-def _check_against_config(path, bits, group, q):
+def _check_against_config(path, bits, group, q) -> str:
+    """Bits and group size inferred from the tensors must be what config.json says (its per-layer entry,
+    else the default); returns the mode to quantize the module with."""
     if not q:
         raise WeightsError(f"{path}: the weights are quantized ({bits}-bit, group {group}) but config.json "
                            "has no `quantization` section")
     spec = q
     for key, value in q.items():
-        if isinstance(value, dict) and canonical_name(key) == path:
+        if isinstance(value, dict | bool) and _module_path(key) == path:
             spec = value
+    if spec is False:
+        raise WeightsError(f"{path}: the weights are quantized ({bits}-bit, group {group}) but config.json's "
+                           "quantization lists this layer as not quantized")
+    spec = q if spec is True else spec
     want_bits, want_group = spec.get("bits"), spec.get("group_size")
     if (want_bits, want_group) != (bits, group):
         raise WeightsError(f"{path}: config.json's quantization says {want_bits}-bit group {want_group}, "
                            f"the weights are {bits}-bit group {group}")
+    return spec.get("mode", q.get("mode", "affine"))
+
+
+def _module_path(key: str) -> str:
+    """A per-layer key of config.json's `quantization` (mlx-lm / mlx-vlm module paths) -> our module path;
+    the three switch_mlp projections of an MoE layer are our one `experts` module."""
+    return re.sub(r"\.switch_mlp\.(gate|up|down)_proj$", ".experts", canonical_name(key + ".")[:-1])
 
 
 def check_weights(model: nn.Module, weights: dict, origin: dict) -> None:
