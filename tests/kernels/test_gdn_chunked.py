@@ -34,7 +34,7 @@ def test_chunked_matches_float64(case):
     assert_rel_close(s, rs, TOL, f"{case} state")
 
 
-@pytest.mark.parametrize("chunk", [16, 32])
+@pytest.mark.parametrize("chunk", [16, 32, 64])
 def test_chunked_other_chunk_sizes(chunk):
     args = make_inputs(1, 100, 2, 4, 32, 48, seed=chunk)
     y, s = gdn.gdn_chunked(*args, chunk=chunk)
