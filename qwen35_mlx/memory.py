@@ -55,10 +55,13 @@ def gdn_state_bytes(cfg: TextConfig, dtype_bytes: int = 2) -> int:
 def prefill_bytes(cfg: TextConfig, chunk: int, context: int, kv_bits: int | None = None, group_size: int = 64,
                   dtype_bytes: int = 2) -> float:
     """Transient memory of the last prefill chunk at `context` tokens: the attention scores and their
-    softmax (mlx-lm's quantized SDPA, and MLX's unfused fallback, materialise [B, Hq, chunk, context]), the
-    copy one attention layer's KV buffer makes when it grows, and the chunk's activations."""
+    softmax (mlx-lm's quantized SDPA, and MLX's unfused fallback, materialise [B, Hq, rows, context] in
+    float32, where attention goes in query blocks of at most attention.SCORE_BYTES), the copy one attention
+    layer's KV buffer makes when it grows, and the chunk's activations."""
+    from .model.attention import SCORE_BYTES  # noqa: PLC0415
     chunk = min(chunk, context)
-    scores = SCORE_COPIES * cfg.num_attention_heads * chunk * context * dtype_bytes
+    rows = min(chunk, max(16, SCORE_BYTES // (cfg.num_attention_heads * context * 4)))
+    scores = SCORE_COPIES * cfg.num_attention_heads * rows * context * 4
     n_attn = max(1, sum(k == "full_attention" for k in cfg.layer_types))
     kv_grow = kv_bytes_per_token(cfg, kv_bits, group_size, dtype_bytes) * context / n_attn
     conv_dim = 2 * cfg.linear_num_key_heads * cfg.linear_key_head_dim + \

@@ -133,3 +133,17 @@ def test_cli_verbose_memory_report(dense_text_path, capsys):
                  "--no-chat-template", "--verbose"]) == 0
     err = capsys.readouterr().err
     assert "Memory at" in err and "(8-bit)" in err and "GDN state" in err and "peak" in err
+
+
+@pytest.mark.parametrize("kv_bits", [None, 8])
+def test_attention_in_query_blocks_equals_one_block(dense_text_path, monkeypatch, kv_bits):
+    """Long contexts attend in query blocks (bounded score memory); the result is the same as one block."""
+    import qwen35_mlx.model.attention as attention
+    model, _ = load(dense_text_path, dtype="float32")
+    ids = mx.array(np.random.default_rng(3).integers(0, 400, (1, 300)))
+    outs = []
+    for budget in (1 << 40, 4 * 300 * 4 * 20):                   # one block; blocks of ~20 queries
+        monkeypatch.setattr(attention, "SCORE_BYTES", budget)
+        cache = model.make_cache(kv_bits=kv_bits)
+        outs.append(mx.concatenate([model(ids[:, :100], cache=cache), model(ids[:, 100:], cache=cache)], axis=1))
+    assert_rel_close(outs[1], outs[0], 1e-6, f"blocked attention, kv_bits={kv_bits}")

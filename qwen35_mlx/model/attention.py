@@ -8,6 +8,9 @@ from ..config import TextConfig
 from .norms import RMSNorm
 
 
+SCORE_BYTES = 1 << 29     # float32 attention scores held at once by one layer (512 MiB)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
@@ -38,8 +41,26 @@ class Attention(nn.Module):
         return rope(q, positions), rope(k, positions), v, gate.reshape(B, T, -1)
 
     def attend(self, q, k, v, mask, cache):
-        out = scaled_dot_product_attention(q, k, v, cache=cache, scale=self.scale, mask=mask)
-        B, _, T, _ = out.shape
+        """Attention of q [B, heads, T, D] over the whole cache. Unfused paths (quantized KV; MLX's fallback
+        for head dims its fused kernel lacks) hold the scores of all T queries against all S keys; long
+        contexts therefore go in query blocks of bounded score memory, each over the keys it may see."""
+        B, H, T, _ = q.shape
+        S = (k[0] if isinstance(k, tuple) else k).shape[-2]
+        block = max(16, SCORE_BYTES // (B * H * S * 4))
+        if T <= block:
+            out = scaled_dot_product_attention(q, k, v, cache=cache, scale=self.scale, mask=mask)
+        else:
+            parts = []
+            for t0 in range(0, T, block):
+                t1 = min(T, t0 + block)
+                if isinstance(mask, str):                           # causal, aligned to the last key
+                    m = mx.arange(S - T + t0, S - T + t1)[:, None] >= mx.arange(S)[None, :]
+                else:
+                    m = None if mask is None else mask[..., t0:t1, :]
+                parts.append(scaled_dot_product_attention(q[:, :, t0:t1], k, v, cache=cache, scale=self.scale,
+                                                          mask=m))
+                mx.eval(parts[-1])                # one block's scores alive at a time, not all of them
+            out = mx.concatenate(parts, axis=2)
         return out.transpose(0, 2, 1, 3).reshape(B, T, -1)
 
     def finish(self, out, gate):
