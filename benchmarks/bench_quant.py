@@ -343,9 +343,12 @@ def section_prefill(args, q4: Path) -> dict:
     mx.reset_peak_memory()
     cache = model.make_cache(kv_bits=8, kv_group_size=64)
     t = time.perf_counter()
-    logits = _prefill(model, cache, {"input_ids": ids}, chunk)
+    marks = [t]
+    logits = _prefill(model, cache, {"input_ids": ids}, chunk, on_chunk=lambda: marks.append(time.perf_counter()))
     mx.eval(logits)
     dt = time.perf_counter() - t
+    laps = [b - a for a, b in zip(marks, marks[1:])]
+    print(f"prefill chunk times: first {laps[:3]}, last {laps[-3:]}", flush=True)
     peak = mx.get_peak_memory()
     est = estimate(cfg.text, T, weight_bytes(model), kv_bits=8, prefill_chunk=chunk)
     held = cache.nbytes
@@ -397,7 +400,7 @@ def fmt_table(t: dict) -> list[str]:
             kvname = {"kv_bf16": "bf16", "kv_8": "8-bit", "kv_4": "4-bit"}[kv]
             vals = [(r["weights"][wname]["total"] + r[kv] * c + r["gdn"]) / GB for c in CONTEXTS]
             lines.append(f"| {name} | {wname} / {kvname} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
-    lines += ["", "Prefill working set on top (GB; attention scores + softmax of one chunk against the whole context, "
+    lines += ["", "Prefill working set on top (GB; one query block's attention scores, one layer's dequantized KV, the activations of the layers in flight; "
               "8-bit KV), by --prefill-chunk:", "",
               "| model (query heads) | chunk | " + " | ".join(LABEL[c] for c in CONTEXTS) + " |",
               "| --- | ---: | " + " | ".join("---:" for _ in CONTEXTS) + " |"]

@@ -130,18 +130,25 @@ def _prefill(model, cache, inputs, chunk: int, start: int = 0, on_chunk=None):
     """Run the prompt (from token `start`, the rest being in the cache already) through the model in chunks
     of `chunk` tokens, ending on multiples of `chunk`; returns the last position's logits."""
     ids = inputs["input_ids"]
-    embeds, positions, deltas = model.embed(
-        ids if start == 0 else ids[:, start:], pixel_values=inputs.get("pixel_values"),
-        image_grid_thw=inputs.get("image_grid_thw"), pixel_values_videos=inputs.get("pixel_values_videos"),
-        video_grid_thw=inputs.get("video_grid_thw"))
-    if deltas is not None:
-        cache.rope_delta = deltas[0]
+    media = any(inputs.get(k) is not None for k in ("pixel_values", "pixel_values_videos", "image_grid_thw",
+                                                     "video_grid_thw"))
+    embeds = positions = None
+    if media:                                 # vision features and 3-D positions span the whole prompt
+        embeds, positions, deltas = model.embed(
+            ids if start == 0 else ids[:, start:], pixel_values=inputs.get("pixel_values"),
+            image_grid_thw=inputs.get("image_grid_thw"), pixel_values_videos=inputs.get("pixel_values_videos"),
+            video_grid_thw=inputs.get("video_grid_thw"))
+        if deltas is not None:
+            cache.rope_delta = deltas[0]
     T = ids.shape[1]
     s = start
     while s < T:
         e = min(T, (s // chunk + 1) * chunk)
-        pos = None if positions is None else positions[:, :, s:e]
-        h = model.hidden_states(inputs_embeds=embeds[:, s - start:e - start], position_ids=pos, cache=cache)
+        if media:
+            pos = None if positions is None else positions[:, :, s:e]
+            h = model.hidden_states(inputs_embeds=embeds[:, s - start:e - start], position_ids=pos, cache=cache)
+        else:                                 # text: embed chunk by chunk (a long prompt's embeddings add up)
+            h = model.hidden_states(ids[:, s:e], cache=cache)
         if e < T:
             mx.eval(cache.state_arrays())                # bound the graph: one chunk at a time
             if on_chunk is not None:

@@ -15,7 +15,8 @@ from .errors import GenerationError
 from .loading import ZERO_CENTRED_NORMS
 
 GB = 1e9
-SCORE_COPIES = 2           # prefill attention holds the scores and their softmax [B, Hq, chunk, context] at once
+IN_FLIGHT_LAYERS = 3       # layers whose intermediates a GPU holds at once in prefill (measured on an H100)
+SCORE_COPIES = 1           # copies of a block's scores alive at once (mask and softmax reuse the buffer; measured)
 
 
 class ContextMemoryError(GenerationError):
@@ -54,20 +55,23 @@ def gdn_state_bytes(cfg: TextConfig, dtype_bytes: int = 2) -> int:
 
 def prefill_bytes(cfg: TextConfig, chunk: int, context: int, kv_bits: int | None = None, group_size: int = 64,
                   dtype_bytes: int = 2) -> float:
-    """Transient memory of the last prefill chunk at `context` tokens: the attention scores and their
-    softmax (mlx-lm's quantized SDPA, and MLX's unfused fallback, materialise [B, Hq, rows, context] in
-    float32, where attention goes in query blocks of at most attention.SCORE_BYTES), the copy one attention
-    layer's KV buffer makes when it grows, and the chunk's activations."""
+    """Transient memory of the last prefill chunk at `context` tokens: the attention scores (MLX's unfused
+    attention for head dim 256 materialises [B, Hq, rows, context] in the activation dtype, where attention
+    goes in query blocks bounded by attention.SCORE_BYTES), one layer's keys and values dequantized when the
+    cache is quantized, the copy one attention layer's KV buffer makes when it grows, and the chunk's
+    activations."""
     from .model.attention import SCORE_BYTES  # noqa: PLC0415
     chunk = min(chunk, context)
     rows = min(chunk, max(16, SCORE_BYTES // (cfg.num_attention_heads * context * 4)))
-    scores = SCORE_COPIES * cfg.num_attention_heads * rows * context * 4
+    scores = SCORE_COPIES * cfg.num_attention_heads * rows * context * dtype_bytes
+    if kv_bits:
+        scores += 2 * cfg.num_key_value_heads * cfg.head_dim * context * dtype_bytes
     n_attn = max(1, sum(k == "full_attention" for k in cfg.layer_types))
     kv_grow = kv_bytes_per_token(cfg, kv_bits, group_size, dtype_bytes) * context / n_attn
     conv_dim = 2 * cfg.linear_num_key_heads * cfg.linear_key_head_dim + \
         cfg.linear_num_value_heads * cfg.linear_value_head_dim
     width = max(cfg.intermediate_size or 0, 2 * conv_dim, 2 * cfg.num_attention_heads * cfg.head_dim)
-    activations = chunk * (8 * cfg.hidden_size + 4 * width) * 4       # float32 intermediates of one layer
+    activations = IN_FLIGHT_LAYERS * chunk * (8 * cfg.hidden_size + 4 * width) * 4
     return scores + kv_grow + activations
 
 

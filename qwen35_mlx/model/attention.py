@@ -8,7 +8,8 @@ from ..config import TextConfig
 from .norms import RMSNorm
 
 
-SCORE_BYTES = 1 << 29     # float32 attention scores held at once by one layer (512 MiB)
+SCORE_BYTES = 1 << 31     # bound on one layer's attention scores, counted as float32 (2 GiB; bf16 holds half)
+DEQUANT_MIN_T = 16        # queries from which attention reads a quantized cache dequantized (prefill)
 
 
 class Attention(nn.Module):
@@ -41,11 +42,17 @@ class Attention(nn.Module):
         return rope(q, positions), rope(k, positions), v, gate.reshape(B, T, -1)
 
     def attend(self, q, k, v, mask, cache):
-        """Attention of q [B, heads, T, D] over the whole cache. Unfused paths (quantized KV; MLX's fallback
-        for head dims its fused kernel lacks) hold the scores of all T queries against all S keys; long
-        contexts therefore go in query blocks of bounded score memory, each over the keys it may see."""
+        """Attention of q [B, heads, T, D] over the whole cache. MLX has no fused kernel for head dim 256 on a
+        chunk of queries (nor mlx-lm for a quantized cache): it materialises the scores of all T queries
+        against all S keys. Long contexts therefore go in query blocks of bounded score memory, and a chunk
+        against a quantized cache attends over its dequantized keys and values (1.7x faster than the
+        quantized SDPA on an H100; see benchmarks/bench_attention.py)."""
         B, H, T, _ = q.shape
-        S = (k[0] if isinstance(k, tuple) else k).shape[-2]
+        quantized = isinstance(k, (tuple, list))
+        S = (k[0] if quantized else k).shape[-2]
+        if quantized and T >= DEQUANT_MIN_T:
+            k, v = (mx.dequantize(*x, group_size=cache.group_size, bits=cache.bits).astype(q.dtype) for x in (k, v))
+            cache = None
         block = max(16, SCORE_BYTES // (B * H * S * 4))
         if T <= block:
             out = scaled_dot_product_attention(q, k, v, cache=cache, scale=self.scale, mask=mask)

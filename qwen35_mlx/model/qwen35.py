@@ -19,6 +19,9 @@ from .norms import RMSNorm
 from .rope import Rope, rope_index
 
 
+EVAL_LAYERS_T = 256     # from this many tokens a forward pass evaluates after every full-attention layer
+
+
 class _Compiled:
     """Holds a layer's compiled decode functions outside the module tree (so they are not parameters).
     Compiled graphs capture the weights they were traced with: reset them after replacing weights."""
@@ -94,7 +97,10 @@ class Inner(nn.Module):
 
 
 class Qwen35Model(nn.Module):
-    """`model(input_ids, ..., cache=cache) -> logits [B, T, vocab]`, multimodal inputs as transformers takes them."""
+    """`model(input_ids, ..., cache=cache) -> logits [B, T, vocab]`, multimodal inputs as transformers takes them.
+
+    Inference only: from EVAL_LAYERS_T tokens (and in long-context attention) the forward pass evaluates as
+    it goes to bound memory, so it is not meant for mx.compile or mx.grad."""
 
     def __init__(self, cfg: Qwen35Config):
         super().__init__()
@@ -183,6 +189,8 @@ class Qwen35Model(nn.Module):
         caches = cache if cache is not None else [None] * len(lm.layers)
         for layer, c in zip(lm.layers, caches):
             h = layer(h, self.rope, positions, attn_mask, gdn_mask, c)
+            if T >= EVAL_LAYERS_T and not layer.is_linear:
+                mx.eval(h)          # a GPU frees a graph's buffers when the graph completes: bound what is in flight
         if cache is not None:
             cache.offset += T
         return lm.norm(h)
