@@ -31,6 +31,8 @@
 typedef unsigned int uint;
 
 FN float fexp(float x) { return expf(x); }
+FN float flog(float x) { return logf(x); }
+FN float frsqrt(float x) { return rsqrtf(x); }
 FN float shfl_xor(float x, int m) { return __shfl_xor_sync(0xffffffffu, x, m); }
 
 struct frag_a { float x[4]; };
@@ -164,6 +166,8 @@ FN void mma(frag_c& c, const frag_a& a, const frag_b& b) {
   metal::threadgroup_barrier(metal::mem_flags::mem_device | metal::mem_flags::mem_threadgroup)
 
 FN float fexp(float x) { return metal::exp(x); }
+FN float flog(float x) { return metal::log(x); }
+FN float frsqrt(float x) { return metal::rsqrt(x); }
 FN float shfl_xor(float x, ushort m) { return metal::simd_shuffle_xor(x, m); }
 
 struct frag_a { float x[4]; };

@@ -36,6 +36,8 @@ KERNELS = {
     "gdn_chunk_prep": (("q", "k", "v", "g", "beta", "meta"), ("W", "U", "Aqk", "Gc")),
     "gdn_chunk_scan": (("q", "k", "W", "U", "Aqk", "Gc", "state_in", "meta"), ("y", "state_out")),
     "gdn_step": (("q", "k", "v", "g", "beta", "state_in", "meta"), ("y", "state_out", "states")),
+    "gdn_decode": (("qkv", "conv_in", "conv_w", "z", "a_in", "b_in", "A_log", "dt_bias", "norm_w", "state_in", "eps"),
+                   ("y", "conv_out", "state_out")),
 }
 
 

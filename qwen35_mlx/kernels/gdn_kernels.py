@@ -5,6 +5,8 @@ Prefill runs two launches per segment of tokens:
   gdn_chunk_scan  grid (NT*Dv/BV, Hv, B): walks the chunks with a [Dk, BV] slice of the state on chip,
                   writing y and the final state
 Decode and short runs (T < STEP_MAX_T) use gdn_step, which keeps the state in registers across the steps.
+A model's decode step (T = 1) runs gdn_decode instead: the whole mixer between its input and output projections
+(conv, q/k norms, gates, the step, gated norm) in one launch.
 Shapes a kernel cannot take go to gdn_chunked (prefill) or the token loop (decode): slower, never wrong.
 """
 
@@ -21,6 +23,7 @@ C = 64              # chunk length of the prefill kernels
 NT_PREP = 128       # threads per threadgroup: gdn_chunk_prep
 NT_SCAN = 256       # gdn_chunk_scan: 8 simdgroups, one phase-A task and one state row pair each at Dk=128
 NT_STEP = 64        # gdn_step
+NT_DECODE = 128     # gdn_decode: one threadgroup per value head
 STEP_MAX_T = 16     # below this many steps the recurrent kernel beats the two chunk launches
 SEGMENT_BYTES = 1 << 30  # bound on the prep -> scan intermediates of one launch pair
 BACKENDS = ("metal", "cuda")
@@ -184,3 +187,37 @@ def gdn_kernel(q, k, v, g, beta, state=None, *, backend="metal"):
     if q.shape[1] < STEP_MAX_T:
         return gdn_step(q, k, v, g, beta, state, backend=backend)
     return gdn_chunk(q, k, v, g, beta, state, backend=backend)
+
+
+def decode_backend(Dk: int, conv_kernel: int) -> str | None:
+    """The backend gdn_decode runs on here ("metal" | "cuda"), or None (no GPU kernel backend, or a shape
+    it does not take): the caller then runs the mixer in MLX ops."""
+    if not step_supported(Dk) or conv_kernel < 2 or NT_DECODE % step_lanes(Dk):
+        return None
+    if mx.metal.is_available():
+        return "metal"
+    if mx.cuda.is_available() and mx.default_device() == mx.gpu:
+        return "cuda"
+    return None
+
+
+def gdn_decode(qkv, conv, conv_w, z, a, b, A_log, dt_bias, norm_w, state, eps: float, *, Hk: int, Hv: int,
+               Dk: int, Dv: int, backend: str):
+    """One decode step of a GDN mixer after its projections, fused (metal/gdn_decode.metal).
+
+    qkv [B, 2 Hk Dk + Hv Dv] (the flat [q | k | v] projection), conv [B, K-1, same] history, conv_w [same, K],
+    z [B, Hv Dv], a and b [B, Hv], A_log and dt_bias [Hv], norm_w [Dv], state [B, Hv, Dv, Dk] float32.
+    Returns (y [B, Hv Dv] gated-normed in qkv's dtype, new conv history, new state)."""
+    B, C = qkv.shape
+    K = conv_w.shape[1]
+    out = _metal.kernel("gdn_decode", backend)(
+        inputs=[qkv, conv.astype(qkv.dtype), conv_w, z, a, b, A_log.astype(mx.float32), dt_bias.astype(mx.float32),
+                norm_w, state.astype(mx.float32), mx.array([eps], dtype=mx.float32)],
+        template=[("InT", qkv.dtype), ("Dk", Dk), ("Dv", Dv), ("Hk", Hk), ("Hv", Hv), ("K", K),
+                  ("L", step_lanes(Dk)), ("NT", NT_DECODE)],
+        grid=(NT_DECODE, Hv, B),
+        threadgroup=(NT_DECODE, 1, 1),
+        output_shapes=[(B, Hv * Dv), (B, K - 1, C), (B, Hv, Dv, Dk)],
+        output_dtypes=[qkv.dtype, qkv.dtype, mx.float32],
+    )
+    return out[0], out[1], out[2]

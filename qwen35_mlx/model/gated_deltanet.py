@@ -5,6 +5,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..config import TextConfig
+from ..kernels import gdn_kernels
 from ..kernels.gdn import gated_delta
 from .norms import GatedRMSNorm
 
@@ -91,8 +92,17 @@ class GatedDeltaNet(nn.Module):
         if mask is not None:
             x = mx.where(mask[..., None], x, 0)                       # padding contributes nothing
         qkv = self.in_proj_qkv(x)
-        z = self.in_proj_z(x).reshape(B, T, self.Hv, self.Dv)
+        z = self.in_proj_z(x)
         b, a = self.in_proj_b(x), self.in_proj_a(x)
+        if T == 1 and mask is None and conv is not None and state is not None:
+            backend = gdn_kernels.decode_backend(self.Dk, self.K)
+            if backend:                                   # decode on a GPU: the rest in one kernel
+                y, conv, state = gdn_kernels.gdn_decode(
+                    qkv[:, 0], conv, self.conv1d.weight[:, :, 0], z[:, 0], a[:, 0], b[:, 0], self.A_log,
+                    self.dt_bias, self.norm.weight, state, self.norm.eps, Hk=self.Hk, Hv=self.Hv, Dk=self.Dk,
+                    Dv=self.Dv, backend=backend)
+                return self.out_proj(y[:, None]), conv, state
+        z = z.reshape(B, T, self.Hv, self.Dv)
 
         if conv is None:
             conv = mx.zeros((B, self.K - 1, qkv.shape[-1]), qkv.dtype)
