@@ -7,6 +7,7 @@ import mlx.nn as nn
 from ..config import TextConfig
 from ..kernels import gdn_kernels
 from ..kernels.gdn import gated_delta
+from .fused import Projections
 from .norms import GatedRMSNorm
 
 
@@ -75,6 +76,15 @@ class GatedDeltaNet(nn.Module):
         self.A_log = mx.zeros((self.Hv,))
         self.norm = GatedRMSNorm(self.Dv, cfg.rms_norm_eps)
         self.out_proj = nn.Linear(self.value_dim, H, bias=False)
+        self._fused = None                         # decode: the input projections as one matmul (or two)
+
+    def ensure_fused(self) -> bool:
+        """Build the fused decode projections, or rebuild them if the weights were replaced; True if built."""
+        modules = [self.in_proj_qkv, self.in_proj_z, self.in_proj_b, self.in_proj_a]
+        if self._fused is not None and self._fused.valid(modules):
+            return False
+        self._fused = Projections(modules)
+        return True
 
     def __call__(self, x, mask=None, cache=None):
         """x: [B, T, H]; mask: [B, T] bool (False = padding) or None; cache: GDNCache or None."""
@@ -91,9 +101,10 @@ class GatedDeltaNet(nn.Module):
         B, T, _ = x.shape
         if mask is not None:
             x = mx.where(mask[..., None], x, 0)                       # padding contributes nothing
-        qkv = self.in_proj_qkv(x)
-        z = self.in_proj_z(x)
-        b, a = self.in_proj_b(x), self.in_proj_a(x)
+        if T == 1 and self._fused is not None:
+            qkv, z, b, a = self._fused(x)
+        else:
+            qkv, z, b, a = self.in_proj_qkv(x), self.in_proj_z(x), self.in_proj_b(x), self.in_proj_a(x)
         if T == 1 and mask is None and conv is not None and state is not None:
             backend = gdn_kernels.decode_backend(self.Dk, self.K)
             if backend:                                   # decode on a GPU: the rest in one kernel

@@ -60,7 +60,16 @@ class DecoderLayer(nn.Module):
         h, conv, state = self.linear_attn.mix(self.input_layernorm(x), conv, state)
         return self._mlp_residual(x + h), conv, state
 
+    def ensure_fused(self):
+        """Fused decode projections, built on the first decode step; when weights were replaced since, they
+        are rebuilt and the compiled steps (which captured the old weights) dropped."""
+        parts = [self.linear_attn if self.is_linear else None, self.mlp]
+        if any([p.ensure_fused() for p in parts if hasattr(p, "ensure_fused")]):
+            self._compiled = _Compiled()
+
     def __call__(self, x, rope, positions, attn_mask, gdn_mask, cache):
+        if x.shape[1] == 1:
+            self.ensure_fused()
         if self.is_linear and cache is not None and cache.state is not None and x.shape[1] == 1 \
                 and gdn_mask is None:
             # decode: the whole layer as one compiled graph (a few fused kernels instead of ~60 ops)

@@ -1,0 +1,50 @@
+"""Fused decode projections (qwen35_mlx/model/fused.py): same logits as the separate layers, no added memory,
+and rebuilt (with fresh compiled steps) when the weights are replaced after a decode."""
+
+import mlx.core as mx
+import numpy as np
+
+from helpers import assert_rel_close
+from qwen35_mlx import load
+from qwen35_mlx.memory import weight_bytes
+from qwen35_mlx.model.fused import FusedLinear
+from qwen35_mlx.model.qwen35 import DecoderLayer
+from qwen35_mlx.quantize import quantize_model
+
+
+def decode_logits(model, n=3, seed=0):
+    ids = mx.array(np.random.default_rng(seed).integers(0, 400, (1, 40)))
+    cache = model.make_cache()
+    logits = model(ids, cache=cache)[:, -1]
+    out = []
+    for _ in range(n):
+        tok = mx.argmax(logits, axis=-1)[:, None]
+        logits = model(tok, cache=cache)[:, -1]
+        out.append(logits)
+    return mx.concatenate(out)
+
+
+def test_fused_equals_separate_and_adds_no_memory(dense_text_path, monkeypatch):
+    model, _ = load(dense_text_path, dtype="float32")
+    before = weight_bytes(model)
+    fused = decode_logits(model)
+    gdn = model.layers[0].linear_attn._fused
+    assert [type(p) for p in gdn.parts] == [FusedLinear]                 # four projections, one matmul
+    assert weight_bytes(model) == before
+    monkeypatch.setattr(DecoderLayer, "ensure_fused", lambda self: None)
+    separate, _ = load(dense_text_path, dtype="float32")
+    assert_rel_close(fused, decode_logits(separate), 1e-5, "fused vs separate projections")
+
+
+def test_quantized_groups_and_refuse_after_quantizing(dense_text_path):
+    """Decode, then quantize in place: the next decode runs the quantized weights (no stale fused arrays or
+    compiled steps), exactly as a model quantized before its first decode."""
+    model, _ = load(dense_text_path, dtype="float32")
+    decode_logits(model)
+    quantize_model(model, bits=8, group_size=32)
+    after = decode_logits(model)
+    gdn = model.layers[0].linear_attn._fused
+    assert [type(p).__name__ for p in gdn.parts] == ["FusedLinear", "FusedLinear"]   # (qkv, z), (b, a): recipe
+    fresh, _ = load(dense_text_path, dtype="float32")
+    quantize_model(fresh, bits=8, group_size=32)
+    np.testing.assert_array_equal(np.array(after), np.array(decode_logits(fresh)))
