@@ -108,22 +108,27 @@ def test_unsupported_shape_runs_mlx_ops(metal_on_cpu):
 
 # ---- planted bugs: each must make the check above fail ------------------------------------------
 
-PLANTED = {  # id: (exact text in gdn_decode.metal, replacement)
-    # (the emulator resolves SIMD collectives with the whole threadgroup blocked, so a barrier just before a
-    # shuffle, like the one after the conv, cannot be shown missing; this one can)
-    "dropped-barrier-before-norm-sum": ("if (lane == 0) red[sg] = py;\nBARRIER();", "if (lane == 0) red[sg] = py;"),
-    "norm-sum-off-by-one": ("for (int i = int(tid); i < Dv; i += NT) py +=", "for (int i = int(tid); i < Dv - 1; i += NT) py +="),
-    "history-not-shifted": ("hout[j * CONV_DIM + c] = hin[(j + 1) * CONV_DIM + c]", "hout[j * CONV_DIM + c] = hin[j * CONV_DIM + c]"),
-    "half-row-reduction": ("UNROLL for (int m = 1; m < L; m <<= 1) kv +=", "UNROLL for (int m = 1; m < L / 2; m <<= 1) kv +="),
+PLANTED = {  # id: (exact text in gdn_decode.metal, replacement, (Hk, Hv, Dk, Dv))
+    # at Dk = 32 < NT the norms read q/k channels other threads convolved (at Dk = 128 each thread reads its own,
+    # and that barrier is redundant: the emulator rightly passes it there)
+    "dropped-barrier-after-conv": ("  }\n}\nBARRIER();\n\n// 2.", "  }\n}\n\n// 2.", (2, 4, 32, 48)),
+    "dropped-barrier-before-norm-sum": ("if (lane == 0) red[sg] = py;\nBARRIER();", "if (lane == 0) red[sg] = py;",
+                                        (1, 2, 128, 128)),
+    "norm-sum-off-by-one": ("for (int i = int(tid); i < Dv; i += NT) py +=",
+                            "for (int i = int(tid); i < Dv - 1; i += NT) py +=", (1, 2, 128, 128)),
+    "history-not-shifted": ("hout[j * CONV_DIM + c] = hin[(j + 1) * CONV_DIM + c]",
+                            "hout[j * CONV_DIM + c] = hin[j * CONV_DIM + c]", (1, 2, 128, 128)),
+    "half-row-reduction": ("UNROLL for (int m = 1; m < L; m <<= 1) kv +=",
+                           "UNROLL for (int m = 1; m < L / 2; m <<= 1) kv +=", (1, 2, 128, 128)),
 }
 
 
 @pytest.mark.parametrize("bug", list(PLANTED), ids=list(PLANTED))
 def test_planted_bug_is_caught(metal_on_cpu, monkeypatch, bug):
-    layer = make_layer(1, 2, 128, 128, mx.float32, seed=5)
+    text, replacement, shape = PLANTED[bug]
+    layer = make_layer(*shape, mx.float32, seed=5)
     args = make_step(layer, 2, mx.float32, seed=6)
     check(layer, *args, monkeypatch, mx.float32, "unmutated")
-    text, replacement = PLANTED[bug]
     original = _metal.read_source("gdn_decode.metal")
     assert original.count(text) == 1, f"{bug}: the text to mutate is not (uniquely) in gdn_decode.metal"
     mutated = original.replace(text, replacement)
