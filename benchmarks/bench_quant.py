@@ -177,18 +177,13 @@ def section_recipe(args) -> dict:
     def share(names):
         return sum(originals[k].size for k in names) / sum(v.size for k, v in originals.items())
 
-    for label, pattern in GROUPS.items():
-        names = group(pattern)
-        errs = {s: rel(quantized_run(model, originals, dict.fromkeys(names, q), text_fwd), ref_text)
-                for s, q in specs.items()}
-        rows.append((label, share(names), "text", errs))
-        print(f"recipe: {label}: {errs}", flush=True)
-    for label, pattern in VISION.items():
-        names = group(pattern)
-        errs = {s: rel(quantized_run(model, originals, dict.fromkeys(names, q), img_fwd), ref_img)
-                for s, q in specs.items()}
-        rows.append((label, share(names), "image", errs))
-        print(f"recipe: {label}: {errs}", flush=True)
+    for groups, prompt, fwd, ref in ((GROUPS, "text", text_fwd, ref_text), (VISION, "image", img_fwd, ref_img)):
+        for label, pattern in groups.items():
+            names = group(pattern)
+            errs = {s: rel(quantized_run(model, originals, dict.fromkeys(names, q), fwd), ref)
+                    for s, q in specs.items()}
+            rows.append((label, share(names), prompt, errs))
+            print(f"recipe: {label}: {errs}", flush=True)
 
     def by_recipe(spec, embed_bits=8, extra=()):
         chosen = {}

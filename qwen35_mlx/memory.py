@@ -60,9 +60,9 @@ def prefill_bytes(cfg: TextConfig, chunk: int, context: int, kv_bits: int | None
     goes in query blocks bounded by attention.SCORE_BYTES), one layer's keys and values dequantized when the
     cache is quantized, the copy one attention layer's KV buffer makes when it grows, and the chunk's
     activations."""
-    from .model.attention import SCORE_BYTES  # noqa: PLC0415
+    from .model.attention import block_rows  # noqa: PLC0415
     chunk = min(chunk, context)
-    rows = min(chunk, max(16, SCORE_BYTES // (cfg.num_attention_heads * context * 4)))
+    rows = min(chunk, block_rows(1, cfg.num_attention_heads, context))
     scores = SCORE_COPIES * cfg.num_attention_heads * rows * context * dtype_bytes
     if kv_bits:
         scores += 2 * cfg.num_key_value_heads * cfg.head_dim * context * dtype_bytes

@@ -190,14 +190,19 @@ def _step_mask(mask, lengths, B, T):
     return None if m is None else m.astype(mx.float32)
 
 
-def _pick(T):
-    """The custom kernels where a GPU backend runs them (Metal; CUDA when the default device is the GPU);
-    else a few tokens (decode, speculative verification) scan token by token, longer inputs chunk-wise."""
+def gpu_backend() -> str | None:
+    """The backend the custom kernels run on here: Metal; CUDA when the default device is the GPU; else None."""
     if mx.metal.is_available():
         return "metal"
     if mx.cuda.is_available() and mx.default_device() == mx.gpu:
         return "cuda"
-    return "reference" if T < 16 else "chunked"
+    return None
+
+
+def _pick(T):
+    """The custom kernels where a GPU backend runs them; else a few tokens (decode, speculative
+    verification) scan token by token, longer inputs chunk-wise."""
+    return gpu_backend() or ("reference" if T < 16 else "chunked")
 
 
 def gated_delta(q, k, v, g, beta, state=None, lengths=None, mask=None, impl=None):

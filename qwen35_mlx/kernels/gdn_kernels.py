@@ -17,7 +17,7 @@ import math
 import mlx.core as mx
 
 from . import _metal
-from .gdn import _check, _expand_heads, _step, _zeros_state, gdn_chunked, gdn_reference
+from .gdn import _check, _expand_heads, _step, _zeros_state, gdn_chunked, gdn_reference, gpu_backend
 
 C = 64              # chunk length of the prefill kernels
 NT_PREP = 128       # threads per threadgroup: gdn_chunk_prep
@@ -194,11 +194,7 @@ def decode_backend(Dk: int, conv_kernel: int) -> str | None:
     it does not take): the caller then runs the mixer in MLX ops."""
     if not step_supported(Dk) or conv_kernel < 2 or NT_DECODE % step_lanes(Dk):
         return None
-    if mx.metal.is_available():
-        return "metal"
-    if mx.cuda.is_available() and mx.default_device() == mx.gpu:
-        return "cuda"
-    return None
+    return gpu_backend()
 
 
 def gdn_decode(qkv, conv, conv_w, z, a, b, A_log, dt_bias, norm_w, state, eps: float, *, Hk: int, Hv: int,

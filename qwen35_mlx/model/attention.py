@@ -12,6 +12,11 @@ SCORE_BYTES = 1 << 31     # bound on one layer's attention scores, counted as fl
 DEQUANT_MIN_T = 16        # queries from which attention reads a quantized cache dequantized (prefill)
 
 
+def block_rows(batch: int, heads: int, keys: int) -> int:
+    """Queries per attention block: their scores against `keys` keys stay within SCORE_BYTES."""
+    return max(16, SCORE_BYTES // (batch * heads * keys * 4))
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
@@ -53,7 +58,7 @@ class Attention(nn.Module):
         if quantized and T >= DEQUANT_MIN_T:
             k, v = (mx.dequantize(*x, group_size=cache.group_size, bits=cache.bits).astype(q.dtype) for x in (k, v))
             cache = None
-        block = max(16, SCORE_BYTES // (B * H * S * 4))
+        block = block_rows(B, H, S)
         if T <= block:
             out = scaled_dot_product_attention(q, k, v, cache=cache, scale=self.scale, mask=mask)
         else:

@@ -27,7 +27,6 @@ def _key(m):
 
 class FusedLinear:
     def __init__(self, modules):
-        self.modules = modules
         self.quant = {a: getattr(modules[0], a, None) for a in _QUANT} \
             if isinstance(modules[0], nn.QuantizedLinear) else None
         names = ["weight"] + [k for k in ("scales", "biases") if k in modules[0]]
