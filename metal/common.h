@@ -53,21 +53,22 @@ FN int fa_e(int h, int s) { return h + 2 * s; }
 FN int fb_q(uint lane, int e) { return int(lane & 3); }
 FN int fb_s(uint lane, int e) { return e; }
 
-// N consecutive elements of T (N * sizeof(T) a multiple of 4 bytes, aligned to min(16, that)) as floats.
-FN void unpack_word(uint w, float* o, const float*) { o[0] = __uint_as_float(w); }
-FN void unpack_word(uint w, float* o, const __nv_bfloat16*) {
+// Loads keep their 32-bit words as loaded (rload) and unpack them to floats where they are used (runpack):
+// a load issued ahead (a prefetch) then does not wait for its data where it is issued, as a conversion there
+// would make it. N consecutive elements of T, N * sizeof(T) a multiple of 4 bytes, aligned to min(16, that).
+template <typename T> struct tag {};
+FN void unpack_word(uint w, float* o, tag<float>) { o[0] = __uint_as_float(w); }
+FN void unpack_word(uint w, float* o, tag<__nv_bfloat16>) {
   o[0] = __uint_as_float(w << 16);
   o[1] = __uint_as_float(w & 0xffff0000u);
 }
-FN void unpack_word(uint w, float* o, const __half*) {
+FN void unpack_word(uint w, float* o, tag<__half>) {
   o[0] = __half2float(__ushort_as_half((unsigned short)(w & 0xffffu)));
   o[1] = __half2float(__ushort_as_half((unsigned short)(w >> 16)));
 }
 template <int N, typename T>
-FN void vload(float* out, const T* p) {
+FN void rload(uint* w, const T* p) {
   constexpr int WORDS = N * int(sizeof(T)) / 4;
-  constexpr int PER = 4 / int(sizeof(T));
-  uint w[WORDS];
   if (WORDS % 4 == 0) {
     for (int i = 0; i < WORDS / 4; ++i) {
       const uint4 v = reinterpret_cast<const uint4*>(p)[i];
@@ -81,27 +82,48 @@ FN void vload(float* out, const T* p) {
   } else {
     for (int i = 0; i < WORDS; ++i) w[i] = reinterpret_cast<const uint*>(p)[i];
   }
-  for (int i = 0; i < WORDS; ++i) unpack_word(w[i], out + PER * i, p);
+}
+template <int N, typename T>
+FN void runpack(float* out, const uint* w) {
+  for (int i = 0; i < N * int(sizeof(T)) / 4; ++i) unpack_word(w[i], out + (4 / int(sizeof(T))) * i, tag<T>());
+}
+template <int N, typename T>
+FN void vload(float* out, const T* p) {
+  uint w[N * int(sizeof(T)) / 4];
+  rload<N>(w, p);
+  runpack<N, T>(out, w);
 }
 
 FN void vstore2(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = make_float2(a, b); }
 
 // A operand rows from row-major memory, KG k-steps: p at (row 0, first column of the group); rows >= nrows
-// read as zeros.
+// read as zeros. load_a_raw keeps the words (w[h]: the lane's row h), unpack_a makes the fragments.
 template <int KG, typename T>
-FN void load_a(frag_a* a, const T* p, int ld, int nrows, uint lane) {
+FN void load_a_raw(uint (*w)[2 * KG], const T* p, int ld, int nrows, uint lane) {
+  for (int h = 0; h < 2; ++h) {
+    if (fa_r(lane, h) < nrows) {
+      rload<2 * KG>(w[h], p + fa_r(lane, h) * ld + 2 * KG * fa_q(lane));
+    } else {
+      for (int i = 0; i < 2 * KG; ++i) w[h][i] = 0u;
+    }
+  }
+}
+template <int KG, typename T>
+FN void unpack_a(frag_a* a, const uint (*w)[2 * KG]) {
   for (int h = 0; h < 2; ++h) {
     float v[2 * KG];
-    if (fa_r(lane, h) < nrows) {
-      vload<2 * KG>(v, p + fa_r(lane, h) * ld + 2 * KG * fa_q(lane));
-    } else {
-      for (int i = 0; i < 2 * KG; ++i) v[i] = 0.0f;
-    }
+    runpack<2 * KG, T>(v, w[h]);
     for (int j = 0; j < KG; ++j) {
       a[j].x[fa_e(h, 0)] = v[2 * j];
       a[j].x[fa_e(h, 1)] = v[2 * j + 1];
     }
   }
+}
+template <int KG, typename T>
+FN void load_a(frag_a* a, const T* p, int ld, int nrows, uint lane) {
+  uint w[2][2 * KG];
+  load_a_raw<KG>(w, p, ld, nrows, lane);
+  unpack_a<KG, T>(a, w);
 }
 
 // B operand = M^T for row-major M [n][k] in memory, KG k-steps: p at (n 0, first k of the group); n >= nn
@@ -149,6 +171,10 @@ FN void mma(frag_c& c, const frag_a& a, const frag_b& b) {
   mma_tf32(c.x, ah, bh);
 }
 
+// An operand rounded once where it is made (PREC 0), so that the products take it as it is (mma<2> for PREC 0):
+// the same numbers as mma<0>, without rounding each operand again in every product that reads it.
+template <int PREC> FN float opnd(float x) { return PREC == 0 ? __uint_as_float(tf32_bits(x)) : x; }
+
 #else  // Metal
 
 #include <metal_simdgroup>
@@ -190,6 +216,23 @@ FN int fa_e(int h, int s) { return 2 * h + s; }
 FN int fb_q(uint lane, int e) { return sg_fm(lane) >> 1; }
 FN int fb_s(uint lane, int e) { return sg_fm(lane) & 1; }
 
+// Words as loaded (rload), unpacked where used (runpack): see the CUDA half.
+template <typename T> struct tag {};
+FN void unpack_word(uint w, thread float* o, tag<float>) { o[0] = as_type<float>(w); }
+template <typename T>
+FN void unpack_word(uint w, thread float* o, tag<T>) {  // 16-bit types: half, bfloat16_t
+  o[0] = float(as_type<T>(ushort(w & 0xffffu)));
+  o[1] = float(as_type<T>(ushort(w >> 16)));
+}
+template <int N, typename T>
+FN void rload(thread uint* w, const device T* p) {
+  const device uint* pw = reinterpret_cast<const device uint*>(p);
+  for (int i = 0; i < N * int(sizeof(T)) / 4; ++i) w[i] = pw[i];
+}
+template <int N, typename T>
+FN void runpack(thread float* out, thread const uint* w) {
+  for (int i = 0; i < N * int(sizeof(T)) / 4; ++i) unpack_word(w[i], out + (4 / int(sizeof(T))) * i, tag<T>());
+}
 template <int N, typename T>
 FN void vload(thread float* out, const device T* p) {
   for (int i = 0; i < N; ++i) out[i] = float(p[i]);
@@ -198,6 +241,29 @@ FN void vload(thread float* out, const device T* p) {
 FN void vstore2(device float* p, float a, float b) {
   p[0] = a;
   p[1] = b;
+}
+
+template <int KG, typename T>
+FN void load_a_raw(thread uint (*w)[2 * KG], const device T* p, int ld, int nrows, uint lane) {
+  for (int h = 0; h < 2; ++h) {
+    if (fa_r(lane, h) < nrows) {
+      rload<2 * KG>(w[h], p + fa_r(lane, h) * ld + 2 * KG * fa_q(lane));
+    } else {
+      for (int i = 0; i < 2 * KG; ++i) w[h][i] = 0u;
+    }
+  }
+}
+
+template <int KG, typename T>
+FN void unpack_a(thread frag_a* a, thread const uint (*w)[2 * KG]) {
+  for (int h = 0; h < 2; ++h) {
+    float v[2 * KG];
+    runpack<2 * KG, T>(v, w[h]);
+    for (int j = 0; j < KG; ++j) {
+      a[j].x[fa_e(h, 0)] = v[2 * j];
+      a[j].x[fa_e(h, 1)] = v[2 * j + 1];
+    }
+  }
 }
 
 template <int KG, typename T>
@@ -225,6 +291,8 @@ FN void load_bt(thread frag_b* b, const device T* p, int ld, int nn, uint lane) 
     }
   }
 }
+
+template <int PREC> FN float opnd(float x) { return x; }  // Metal multiplies in fp32
 
 template <int PREC>
 FN void mma(thread frag_c& c, thread const frag_a& a, thread const frag_b& b) {

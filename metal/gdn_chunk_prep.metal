@@ -114,25 +114,38 @@ BARRIER();
 
 // 4. [U | W] = T diag(beta) [V | e^G K] over column slices of [v | k] staged in X. Each simdgroup takes
 //    one 8-column tile and all row pairs; T is lower triangular, so k-steps stop at the diagonal.
-for (int s = 0; s < NCOL; s += VS) {
-  for (int e = int(tid); e < C * (VS / VW); e += NT) {
-    const int j = e / (VS / VW);
-    const int c0 = (e % (VS / VW)) * VW;
-    const int gc = s + c0;
-    const int t = t0 + j;
-    float val[VW];
-    if (t < n_tok && gc < Dv) {
-      vload<VW>(val, vb + (int64_t)t * Hv * Dv + gc);
-    } else if (t < n_tok && gc < NCOL) {
-      vload<VW>(val, kb + (int64_t)t * Hk * Dk + gc - Dv);
-      const float eg = fexp(Gs[j]);
-      for (int i = 0; i < VW; ++i) val[i] *= eg;
-    } else {
-      for (int i = 0; i < VW; ++i) val[i] = 0.0f;
+//    The next slice is loaded (raw words, common.h) while this one is multiplied.
+constexpr int SPT = (C * (VS / VW) + NT - 1) / NT;   // 16-byte loads per thread per slice
+uint xw[SPT][4];
+for (int s = -VS; s < NCOL; s += VS) {                // stores slice s, loads slice s + VS, multiplies slice s
+  if (s >= 0) {
+    UNROLL for (int r = 0; r < SPT; ++r) {
+      const int e = int(tid) + r * NT;
+      if (e < C * (VS / VW)) {
+        const int j = e / (VS / VW);
+        const int c0 = (e % (VS / VW)) * VW;
+        float val[VW];
+        runpack<VW, InT>(val, xw[r]);
+        const float eg = s + c0 < Dv ? 1.0f : fexp(Gs[j]);
+        for (int i = 0; i < VW; ++i) X[j * LDV + c0 + i] = val[i] * eg;
+      }
     }
-    for (int i = 0; i < VW; ++i) X[j * LDV + c0 + i] = val[i];
+    BARRIER();
   }
-  BARRIER();
+  UNROLL for (int r = 0; r < SPT; ++r) {
+    const int e = int(tid) + r * NT;
+    const int j = e / (VS / VW);
+    const int gc = s + VS + (e % (VS / VW)) * VW;
+    const int t = t0 + j;
+    if (e < C * (VS / VW) && t < n_tok && gc < Dv) {
+      rload<VW>(xw[r], vb + (int64_t)t * Hv * Dv + gc);
+    } else if (e < C * (VS / VW) && t < n_tok && gc < NCOL) {
+      rload<VW>(xw[r], kb + (int64_t)t * Hk * Dk + gc - Dv);
+    } else {
+      for (int i = 0; i < 4; ++i) xw[r][i] = 0u;
+    }
+  }
+  if (s < 0) continue;
   for (int f = int(sg); f < (VS / 8) * RP; f += NSG) {
     const int cl = f % (VS / 8);
     const int p = f / (VS / 8);

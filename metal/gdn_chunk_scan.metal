@@ -8,9 +8,11 @@
 //   D:  h = e^G_C h + (e^(G_C - G) K)^T u                                   (Dk x BV, over the chunk)
 // Two threadgroup barriers per chunk. h lives in registers (accumulator tiles, rows in row_perm order) and in
 // hS (operand tiles, natural order).
-// All global operands of a chunk are loaded into registers before its first product: one memory wait.
+// All global operands of a chunk are loaded into registers a chunk ahead, as raw words where they need unpacking
+// (common.h, rload): no load waits where it is issued.
 constexpr int NSG = NT / 32;
-constexpr int LDH = (BV / 8) % 2 ? BV : BV + 8;  // hS/uS row stride: operand reads avoid bank conflicts
+constexpr int LDH = BV + 9;                       // hS row stride (= 1 mod 8): phase-A operand reads hit 32 banks
+constexpr int LDU = (BV / 8) % 2 ? BV : BV + 8;   // uS row stride: phase-D operand reads avoid bank conflicts
 constexpr int RPC = C / 16;                       // 16-row pairs of a chunk
 constexpr int KSC = C / 8;                        // k-steps over a chunk
 constexpr int KSK = Dk / 8;                       // k-steps over the keys
@@ -20,6 +22,8 @@ constexpr int APW = (2 * RPC + NSG - 1) / NSG;    // phase-A tasks (u row pairs,
 constexpr int HPW = (RPH + NSG - 1) / NSG;        // state row pairs per simdgroup
 constexpr int KGA = 4;                            // k-steps per wide load: phase A (W, q) ...
 constexpr int KGB = 2;                            // ... and phase B (Aqk)
+constexpr int WK = 2 * int(sizeof(InT)) / 4;      // words of a key pair (phase D operand)
+constexpr int MP = PREC == 0 ? 2 : PREC;          // operands are made with opnd<PREC> (common.h), then taken as they are
 const int n_tok = meta[0];
 const int N = meta[1];
 const int v0 = int(tgid.x) * BV;
@@ -31,7 +35,7 @@ const device InT* kb = k + (int64_t)b * n_tok * Hk * Dk + hk * Dk;
 device InT* yb = y + (int64_t)b * n_tok * Hv * Dv + hv * Dv + v0;      // step t at [t * Hv * Dv]
 const int64_t s0 = ((int64_t)b * Hv + hv) * Dv * Dk;                   // this head's [Dv, Dk] state
 threadgroup float hS[Dk * LDH];
-threadgroup float uS[C * LDH];
+threadgroup float uS[C * LDU];
 threadgroup float eG[C];     // e^G_i
 threadgroup float eR[C];     // e^(G_C - G_i)
 
@@ -44,7 +48,7 @@ UNROLL for (int i = 0; i < HPW; ++i) {
         const int d = 16 * p + row_perm(fc_row(lane, e));
         const int c = 8 * ct + fc_col(lane, e);
         h[i][ct].x[e] = state_in[s0 + (int64_t)(v0 + c) * Dk + d];
-        hS[d * LDH + c] = h[i][ct].x[e];
+        hS[d * LDH + c] = opnd<PREC>(h[i][ct].x[e]);
       }
     }
   }
@@ -54,21 +58,27 @@ BARRIER();
 // Software pipeline: each operand of chunk n + 1 is loaded as soon as the same operand of chunk n has been
 // used, so its memory latency overlaps the rest of chunk n (iteration n = -1 only loads chunk 0).
 frag_c acc[APW][CTV];
-frag_a aA[APW][KSK];   // phase-A operand rows: W (u tasks) or q (q h tasks)
-frag_a aB[APW][KSC];   // phase-B operand rows: Aqk
-frag_a aD[HPW][KSC];   // phase-D operand: K^T (scaled by e^(G_C - G) when used)
+uint rA[APW][KSK / KGA][2][2 * KGA];  // phase-A operand rows as words: W (u tasks, float) or q (q h tasks, InT)
+frag_a aB[APW][KSC];                  // phase-B operand rows: Aqk
+uint rD[HPW][KSC][2][WK];             // phase-D operand K^T as words (scaled by e^(G_C - G) when used)
 float un[APW][CTV][4];
+float gT = 0.0f, gC = 0.0f;           // G at this thread's step and at the chunk's last step
 for (int n = -1; n < N; ++n) {
   const int nl = n + 1;                              // the chunk whose operands are loaded in this iteration
   const int64_t cid = ((int64_t)b * Hv + hv) * N + n;
   const int64_t cidl = cid + 1;
   const int t0 = n * C;
   const int tl = nl * C;
-  const device float* Gn = Gc + cid * C;
+  // this chunk's decays from G loaded an iteration ago, used up before the next chunk's G is loaded (a value
+  // still live across that load would be copied at the loop's end, and the copy waits for the load)
+  const float dC = fexp(gC);
   if (n >= 0 && int(tid) < C) {
-    const float gi = Gn[tid];
-    eG[tid] = fexp(gi);
-    eR[tid] = fexp(Gn[C - 1] - gi);
+    eG[tid] = fexp(gT);
+    eR[tid] = fexp(gC - gT);
+  }
+  if (nl < N) {
+    if (int(tid) < C) gT = Gc[cidl * C + tid];
+    gC = Gc[cidl * C + C - 1];
   }
 
   // A: u = U - W h (row pairs f < RPC) and q h (row pairs f - RPC), over the keys.
@@ -78,19 +88,30 @@ for (int n = -1; n < N; ++n) {
       UNROLL for (int ct = 0; ct < CTV; ++ct) {
         UNROLL for (int e = 0; e < 4; ++e) acc[i][ct].x[e] = 0.0f;
       }
-      UNROLL for (int ks = 0; ks < KSK; ++ks) {
-        UNROLL for (int ct = 0; ct < CTV; ++ct) {
-          frag_b bm;
-          UNROLL for (int e = 0; e < 2; ++e) {
-            bm.x[e] = hS[(8 * KGA * (ks / KGA) + kp_row<KGA>(lane, ks % KGA, e)) * LDH + 8 * ct + fb_col(lane, e)];
+      UNROLL for (int gi = 0; gi < KSK / KGA; ++gi) {
+        frag_a a[KGA];
+        if (f < RPC) {
+          unpack_a<KGA, float>(a, rA[i][gi]);
+        } else {
+          unpack_a<KGA, InT>(a, rA[i][gi]);
+        }
+        UNROLL for (int j = 0; j < KGA; ++j) {
+          UNROLL for (int e = 0; e < 4; ++e) a[j].x[e] = opnd<PREC>(a[j].x[e]);
+        }
+        UNROLL for (int j = 0; j < KGA; ++j) {
+          UNROLL for (int ct = 0; ct < CTV; ++ct) {
+            frag_b bm;
+            UNROLL for (int e = 0; e < 2; ++e) {
+              bm.x[e] = hS[(8 * KGA * gi + kp_row<KGA>(lane, j, e)) * LDH + 8 * ct + fb_col(lane, e)];
+            }
+            mma<MP>(acc[i][ct], a[j], bm);
           }
-          mma<PREC>(acc[i][ct], aA[i][ks], bm);
         }
       }
       if (f < RPC) {
         UNROLL for (int ct = 0; ct < CTV; ++ct) {
           UNROLL for (int e = 0; e < 4; ++e) {
-            uS[(16 * f + fc_row(lane, e)) * LDH + 8 * ct + fc_col(lane, e)] = un[i][ct][e] - acc[i][ct].x[e];
+            uS[(16 * f + fc_row(lane, e)) * LDU + 8 * ct + fc_col(lane, e)] = opnd<PREC>(un[i][ct][e] - acc[i][ct].x[e]);
           }
         }
       }
@@ -98,7 +119,7 @@ for (int n = -1; n < N; ++n) {
     // next chunk's phase-A operands: W or q rows in 16-byte (or wider) loads, k permuted (common.h)
     if (nl < N && f < RPC) {
       UNROLL for (int gi = 0; gi < KSK / KGA; ++gi) {
-        load_a<KGA>(&aA[i][gi * KGA], W + (cidl * C + 16 * f) * Dk + 8 * KGA * gi, Dk, 16, lane);
+        load_a_raw<KGA>(rA[i][gi], W + (cidl * C + 16 * f) * Dk + 8 * KGA * gi, Dk, 16, lane);
       }
       UNROLL for (int ct = 0; ct < CTV; ++ct) {
         UNROLL for (int hh = 0; hh < 2; ++hh) {
@@ -108,8 +129,8 @@ for (int n = -1; n < N; ++n) {
       }
     } else if (nl < N && f < 2 * RPC) {
       UNROLL for (int gi = 0; gi < KSK / KGA; ++gi) {
-        load_a<KGA>(&aA[i][gi * KGA], qb + (int64_t)(tl + 16 * (f - RPC)) * Hk * Dk + 8 * KGA * gi, Hk * Dk,
-                    n_tok - tl - 16 * (f - RPC), lane);
+        load_a_raw<KGA>(rA[i][gi], qb + (int64_t)(tl + 16 * (f - RPC)) * Hk * Dk + 8 * KGA * gi, Hk * Dk,
+                        n_tok - tl - 16 * (f - RPC), lane);
       }
     }
   }
@@ -126,12 +147,14 @@ for (int n = -1; n < N; ++n) {
         }
         UNROLL for (int ks = 0; ks < KSC; ++ks) {
           if (ks <= 2 * p + 1) {
+            frag_a a;
+            UNROLL for (int e = 0; e < 4; ++e) a.x[e] = opnd<PREC>(aB[i][ks].x[e]);
             UNROLL for (int ct = 0; ct < CTV; ++ct) {
               frag_b bm;
               UNROLL for (int e = 0; e < 2; ++e) {
-                bm.x[e] = uS[(8 * KGB * (ks / KGB) + kp_row<KGB>(lane, ks % KGB, e)) * LDH + 8 * ct + fb_col(lane, e)];
+                bm.x[e] = uS[(8 * KGB * (ks / KGB) + kp_row<KGB>(lane, ks % KGB, e)) * LDU + 8 * ct + fb_col(lane, e)];
               }
-              mma<PREC>(acc[i][ct], aB[i][ks], bm);
+              mma<MP>(acc[i][ct], a, bm);
             }
           }
         }
@@ -155,21 +178,27 @@ for (int n = -1; n < N; ++n) {
     const int p = int(sg) + i * NSG;
     if (p < RPH) {
       if (n >= 0) {
-        const float dC = fexp(Gn[C - 1]);
         UNROLL for (int ct = 0; ct < CTV; ++ct) {
           UNROLL for (int e = 0; e < 4; ++e) h[i][ct].x[e] *= dC;
         }
         UNROLL for (int ks = 0; ks < KSC; ++ks) {
-          UNROLL for (int e = 0; e < 4; ++e) aD[i][ks].x[e] *= eR[8 * ks + fa_col(lane, e)];
+          frag_a a;
+          UNROLL for (int sl = 0; sl < 2; ++sl) {
+            float kv[2];
+            runpack<2, InT>(kv, rD[i][ks][sl]);
+            a.x[fa_e(0, sl)] = kv[0];
+            a.x[fa_e(1, sl)] = kv[1];
+          }
+          UNROLL for (int e = 0; e < 4; ++e) a.x[e] = opnd<PREC>(a.x[e] * eR[8 * ks + fa_col(lane, e)]);
           UNROLL for (int ct = 0; ct < CTV; ++ct) {
             frag_b bm;
-            UNROLL for (int e = 0; e < 2; ++e) bm.x[e] = uS[(8 * ks + fb_row(lane, e)) * LDH + 8 * ct + fb_col(lane, e)];
-            mma<PREC>(h[i][ct], aD[i][ks], bm);
+            UNROLL for (int e = 0; e < 2; ++e) bm.x[e] = uS[(8 * ks + fb_row(lane, e)) * LDU + 8 * ct + fb_col(lane, e)];
+            mma<MP>(h[i][ct], a, bm);
           }
         }
         UNROLL for (int ct = 0; ct < CTV; ++ct) {
           UNROLL for (int e = 0; e < 4; ++e) {
-            hS[(16 * p + row_perm(fc_row(lane, e))) * LDH + 8 * ct + fc_col(lane, e)] = h[i][ct].x[e];
+            hS[(16 * p + row_perm(fc_row(lane, e))) * LDH + 8 * ct + fc_col(lane, e)] = opnd<PREC>(h[i][ct].x[e]);
           }
         }
       }
@@ -177,10 +206,11 @@ for (int n = -1; n < N; ++n) {
         UNROLL for (int ks = 0; ks < KSC; ++ks) {
           UNROLL for (int sl = 0; sl < 2; ++sl) {
             const int t = tl + 8 * ks + fa_col(lane, fa_e(0, sl));
-            float kv[2] = {0.0f, 0.0f};
-            if (t < n_tok) vload<2>(kv, kb + (int64_t)t * Hk * Dk + 16 * p + 2 * fa_r(lane, 0));
-            aD[i][ks].x[fa_e(0, sl)] = kv[0];
-            aD[i][ks].x[fa_e(1, sl)] = kv[1];
+            if (t < n_tok) {
+              rload<2>(rD[i][ks][sl], kb + (int64_t)t * Hk * Dk + 16 * p + 2 * fa_r(lane, 0));
+            } else {
+              UNROLL for (int w = 0; w < WK; ++w) rD[i][ks][sl][w] = 0u;
+            }
           }
         }
       }

@@ -191,8 +191,12 @@ PLANTED = {  # id: (kernel file, exact text, replacement, check)
                                      "for (int j = 0; j < i - 1; ++j) s +=", "chunk"),
     "scan-dropped-barrier": ("gdn_chunk_scan.metal", "  if (n >= 0) BARRIER();\n\n  // B:",
                              "\n  // B:", "chunk"),
-    "scan-off-by-one-triangle": ("gdn_chunk_scan.metal", "if (ks <= 2 * p + 1) {\n            UNROLL",
-                                 "if (ks <= 2 * p) {\n            UNROLL", "chunk"),
+    "scan-G-prefetch-wrong-chunk": ("gdn_chunk_scan.metal", "gT = Gc[cidl * C + tid];",
+                                    "gT = Gc[cid * C + tid];", "chunk"),
+    "prep-slice-dropped-barrier": ("gdn_chunk_prep.metal", "X[j * LDV + c0 + i] = val[i] * eg;\n      }\n    }\n    BARRIER();\n",
+                                   "X[j * LDV + c0 + i] = val[i] * eg;\n      }\n    }\n", "chunk"),
+    "scan-off-by-one-triangle": ("gdn_chunk_scan.metal", "if (ks <= 2 * p + 1) {\n            frag_a a;",
+                                 "if (ks <= 2 * p) {\n            frag_a a;", "chunk"),
 }
 
 
