@@ -17,6 +17,7 @@ constexpr int VW = 16 / int(sizeof(InT));      // InT elements per 16-byte load
 constexpr int VS = 32;                         // [v | k] columns per slice in step 4
 constexpr int LDV = VS + 4;
 constexpr int NCOL = Dv + Dk;
+constexpr int MP = PREC == 0 ? 2 : PREC;       // step 4's operands are made with opnd<PREC> (common.h)
 const int n_tok = meta[0];
 const int N = meta[1];
 const int n = int(tgid.x);
@@ -108,7 +109,7 @@ if (col < C) {
 BARRIER();
 if (col < C) {
   const float bc = Bs[col];
-  UNROLL for (int i = 0; i < C; ++i) M[i * LD + col] = x[i] * bc;
+  UNROLL for (int i = 0; i < C; ++i) M[i * LD + col] = opnd<PREC>(x[i] * bc);  // step 4's operand
 }
 BARRIER();
 
@@ -127,7 +128,7 @@ for (int s = -VS; s < NCOL; s += VS) {                // stores slice s, loads s
         float val[VW];
         runpack<VW, InT>(val, xw[r]);
         const float eg = s + c0 < Dv ? 1.0f : fexp(Gs[j]);
-        for (int i = 0; i < VW; ++i) X[j * LDV + c0 + i] = val[i] * eg;
+        for (int i = 0; i < VW; ++i) X[j * LDV + c0 + i] = opnd<PREC>(val[i] * eg);
       }
     }
     BARRIER();
@@ -159,7 +160,7 @@ for (int s = -VS; s < NCOL; s += VS) {                // stores slice s, loads s
           frag_b bm;
           UNROLL for (int e = 0; e < 4; ++e) a.x[e] = M[(16 * p + fa_row(lane, e)) * LD + 8 * ks + fa_col(lane, e)];
           UNROLL for (int e = 0; e < 2; ++e) bm.x[e] = X[(8 * ks + fb_row(lane, e)) * LDV + 8 * cl + fb_col(lane, e)];
-          mma<PREC>(acc, a, bm);
+          mma<MP>(acc, a, bm);
         }
       }
       UNROLL for (int hh = 0; hh < 2; ++hh) {

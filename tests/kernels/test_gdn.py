@@ -193,8 +193,8 @@ PLANTED = {  # id: (kernel file, exact text, replacement, check)
                              "\n  // B:", "chunk"),
     "scan-G-prefetch-wrong-chunk": ("gdn_chunk_scan.metal", "gT = Gc[cidl * C + tid];",
                                     "gT = Gc[cid * C + tid];", "chunk"),
-    "prep-slice-dropped-barrier": ("gdn_chunk_prep.metal", "X[j * LDV + c0 + i] = val[i] * eg;\n      }\n    }\n    BARRIER();\n",
-                                   "X[j * LDV + c0 + i] = val[i] * eg;\n      }\n    }\n", "chunk"),
+    "prep-slice-dropped-barrier": ("gdn_chunk_prep.metal", "X[j * LDV + c0 + i] = opnd<PREC>(val[i] * eg);\n      }\n    }\n    BARRIER();\n",
+                                   "X[j * LDV + c0 + i] = opnd<PREC>(val[i] * eg);\n      }\n    }\n", "chunk"),
     "scan-off-by-one-triangle": ("gdn_chunk_scan.metal", "if (ks <= 2 * p + 1) {\n            frag_a a;",
                                  "if (ks <= 2 * p) {\n            frag_a a;", "chunk"),
 }
