@@ -290,10 +290,11 @@ def cpu_bench(rep, T=4096, H=16, D=128):
     from mlx_lm.models.gated_delta import gated_delta_ops
     t_lm = timeit(mlx_call(gated_delta_ops, q, k, v, mx.exp(g), beta, s), 1, 0)
     rep.add("timings", {"T": T, "impl": "cpu: mlx-lm gated_delta_ops (token loop), fp32", "s": t_lm, "tok_per_s": T / t_lm})
-    for C in (16, 32, 64):
-        t = timeit(mlx_call(gdn.gdn_chunked, q, k, v, g, beta, s, chunk=C), 2, 1)
-        rep.add("timings", {"T": T, "impl": f"cpu: gdn_chunked C={C}, fp32", "s": t, "tok_per_s": T / t,
-                            "speedup_vs_mlx_lm": t_lm / t})
+    for route, chunks in (("numpy", (16, 32, 64)), ("mlx", (16, 64))):
+        for C in chunks:
+            t = timeit(mlx_call(gdn.gdn_chunked, q, k, v, g, beta, s, chunk=C, numpy=route == "numpy"), 2, 1)
+            rep.add("timings", {"T": T, "impl": f"cpu: gdn_chunked {route} C={C}, fp32", "s": t, "tok_per_s": T / t,
+                                "speedup_vs_mlx_lm": t_lm / t})
 
 
 def main(argv=None):

@@ -14,9 +14,19 @@ Per token, with S mapping keys to values (v ~ S k):
 
 from __future__ import annotations
 
+import types
+
 import mlx.core as mx
+import numpy as np
 
 IMPLS = ("reference", "chunked", "metal", "cuda")
+
+# The array namespace gdn_chunked computes in: MLX, or NumPy on the CPU, where its BLAS runs the chunk walk's
+# small batched matmuls far faster than MLX's CPU backend (Linux wheel, reference BLAS: a [16, 64, 128] x
+# [16, 128, 128] float32 product 0.3 ms vs 8.3 ms on the CI host).
+_NP = types.SimpleNamespace(cumsum=np.cumsum, exp=np.exp, where=np.where, arange=np.arange, stack=np.stack,
+                            concatenate=np.concatenate, broadcast_to=np.broadcast_to, pad=np.pad,
+                            contiguous=np.ascontiguousarray, inf=np.inf, float32=np.float32)
 
 
 def _check(q, k, v, g, beta, state):
@@ -72,9 +82,16 @@ def _solve_unit_lower(A, rhs):
 
     x_i = rhs_i + sum_{j<i} A_ij x_j, one row at a time, all chunks and heads at once: C small batched
     matmuls. Backward stable, unlike forming (I - A)^-1 by repeated squaring, which loses ~1e-5 when
-    neighbouring keys are nearly parallel (e.g. image tokens).
+    neighbouring keys are nearly parallel (e.g. image tokens). NumPy fills x in place; MLX arrays are
+    immutable, so its rows are concatenated.
     """
     C = A.shape[-1]
+    if isinstance(A, np.ndarray):
+        x = np.empty_like(rhs)
+        x[..., 0, :] = rhs[..., 0, :]
+        for i in range(1, C):
+            x[..., i:i + 1, :] = rhs[..., i:i + 1, :] + A[..., i:i + 1, :i] @ x[..., :i, :]
+        return x
     rows = [rhs[..., :1, :]]
     for i in range(1, C):
         prev = mx.concatenate(rows, axis=-2) if i > 1 else rows[0]
@@ -82,37 +99,38 @@ def _solve_unit_lower(A, rhs):
     return mx.concatenate(rows, axis=-2)
 
 
-def _chunked_segment(q, k, v, g, beta, state, C):
-    """One segment whose length is a multiple of C, in float32; see `gdn_chunked` for the algebra.
+def _chunked_segment(q, k, v, g, beta, state, C, xp):
+    """One segment whose length is a multiple of C, in float32, in namespace xp (mx or _NP); see
+    `gdn_chunked` for the algebra.
 
     q, k: [B, Hk, 1, N, C, Dk]; v: [B, Hk, r, N, C, Dv]; g, beta: [B, Hk, r, N, C];
     state: [B, Hk, r, Dk, Dv] (keys x values here: every product below is then a plain A @ B,
     which MLX's CPU BLAS runs 2x faster than A @ B^T).
     """
     N = q.shape[3]
-    G = mx.cumsum(g, axis=-1)                                    # decay from chunk start, log space
+    G = xp.cumsum(g, axis=-1)                                    # decay from chunk start, log space
     diff = G[..., :, None] - G[..., None, :]                     # G_i - G_j
-    row = mx.arange(C)
+    row = xp.arange(C)
     strict = row[:, None] > row[None, :]
     incl = row[:, None] >= row[None, :]
     # mask before exp: above the diagonal G_i - G_j > 0 and may overflow
-    decay_strict = mx.exp(mx.where(strict, diff, -mx.inf))
-    decay_incl = mx.exp(mx.where(incl, diff, -mx.inf))
-    kT = mx.contiguous(k.swapaxes(-1, -2))
+    decay_strict = xp.exp(xp.where(strict, diff, -xp.inf))
+    decay_incl = xp.exp(xp.where(incl, diff, -xp.inf))
+    kT = xp.contiguous(k.swapaxes(-1, -2))
     kk = k @ kT                                                  # [B, Hk, 1, N, C, C]
     qk = q @ kT
     A = -beta[..., :, None] * kk * decay_strict
-    eG = mx.exp(G)
+    eG = xp.exp(G)
     Dv = v.shape[-1]
-    rhs = mx.concatenate([v * beta[..., None], mx.broadcast_to(k, (*v.shape[:-1], k.shape[-1]))
+    rhs = xp.concatenate([v * beta[..., None], xp.broadcast_to(k, (*v.shape[:-1], k.shape[-1]))
                           * (beta * eG)[..., None]], axis=-1)
     UW = _solve_unit_lower(A, rhs)
     U, W = UW[..., :Dv], UW[..., Dv:]                            # [.., N, C, Dv], [.., N, C, Dk]
-    WQ = mx.concatenate([W, q * eG[..., None]], axis=-2)         # both read the chunk's initial state
+    WQ = xp.concatenate([W, q * eG[..., None]], axis=-2)         # both read the chunk's initial state
     intra = qk * decay_incl
     G_last = G[..., -1:]
-    KdT = mx.contiguous((k * mx.exp(G_last - G)[..., None]).swapaxes(-1, -2))  # [.., N, Dk, C]
-    d_last = mx.exp(G_last)[..., None]                           # [.., N, 1, 1]
+    KdT = xp.contiguous((k * xp.exp(G_last - G)[..., None]).swapaxes(-1, -2))  # [.., N, Dk, C]
+    d_last = xp.exp(G_last)[..., None]                           # [.., N, 1, 1]
 
     ys = []
     for n in range(N):
@@ -120,11 +138,11 @@ def _chunked_segment(q, k, v, g, beta, state, C):
         u = U[..., n, :, :] - ws[..., :C, :]
         ys.append(ws[..., C:, :] + intra[..., n, :, :] @ u)
         state = state * d_last[..., n, :, :] + KdT[..., n, :, :] @ u
-    return mx.stack(ys, axis=-3), state
+    return xp.stack(ys, axis=-3), state
 
 
-def gdn_chunked(q, k, v, g, beta, state=None, chunk=None, segment=2048):
-    """Chunk-wise gated delta rule (WY / UT form) in MLX ops: the prefill path wherever no kernel runs.
+def gdn_chunked(q, k, v, g, beta, state=None, chunk=None, segment=2048, numpy=None):
+    """Chunk-wise gated delta rule (WY / UT form) in array ops: the prefill path wherever no kernel runs.
 
     Within a chunk of C tokens, with G_i the cumulative log decay from the chunk start and S0 the state
     before it, unrolling the recurrence gives the corrections u_i = beta_i (v_i - exp(g_i) S_{i-1} k_i):
@@ -136,46 +154,55 @@ def gdn_chunked(q, k, v, g, beta, state=None, chunk=None, segment=2048):
     Only the last line is sequential over chunks. Decays stay in log space and enter only as exp of
     non-positive differences, so nothing overflows. Padding to a multiple of C uses g = 0, beta = 0,
     which leaves the state untouched. `segment` tokens are processed at a time to bound memory.
-    Splitting the heads over one CPU stream per core was tried and measured no faster (MLX 0.32.4).
+    numpy: compute in NumPy (default: when MLX's default device is the CPU; see _NP) or in MLX ops (the
+    GPU fallback for shapes the kernels do not take). Either way MLX arrays in, MLX arrays out; the NumPy
+    route evaluates its inputs, so it is for inference, not inside mx.compile or a gradient.
     """
     _check(q, k, v, g, beta, state)
     B, T, Hk, Dk = q.shape
     Hv, Dv = v.shape[2], v.shape[3]
-    # MLX's Linux CPU backend multiplies with reference BLAS: short chunks (less intra-chunk work) win
-    # there (T=4096, 16 heads, D=128: C=16 2.7 s, C=32 3.3 s, C=64 4.5 s); elsewhere the usual 64.
-    C = chunk or (16 if mx.default_device() == mx.cpu else 64)
+    if numpy is None:
+        numpy = mx.default_device() == mx.cpu
+    xp = _NP if numpy else mx
+    # NumPy (T=4096, 16 heads, D=128, CI host): C=16 1.17 s, 32 1.00 s, 64 1.42 s; GPUs: the usual 64
+    C = chunk or (32 if numpy else 64)
     r = Hv // Hk
     out_dtype = q.dtype
     state = _zeros_state(q, v) if state is None else state.astype(mx.float32)
     if T == 0:
         return mx.zeros((B, 0, Hv, Dv), out_dtype), state
+    q, k, v, g, beta, state = (x.astype(mx.float32) for x in (q, k, v, g, beta, state))
+    if numpy:
+        q, k, v, g, beta, state = (np.asarray(x) for x in (q, k, v, g, beta, state))
     pad = (-T) % C
     if pad:
-        zpad = lambda x: mx.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        zpad = lambda x: xp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
         q, k, v, g, beta = map(zpad, (q, k, v, g, beta))
     Tp = T + pad
     N = Tp // C
     # [B, T, H, D] -> [B, Hk, r|1, N, C, D]; [B, T, Hv] -> [B, Hk, r, N, C]
-    kq = lambda x: x.astype(mx.float32).reshape(B, N, C, Hk, 1, Dk).transpose(0, 3, 4, 1, 2, 5)
+    kq = lambda x: xp.contiguous(x.reshape(B, N, C, Hk, 1, Dk).transpose(0, 3, 4, 1, 2, 5))
     q, k = kq(q), kq(k)
-    v = v.astype(mx.float32).reshape(B, N, C, Hk, r, Dv).transpose(0, 3, 4, 1, 2, 5)
-    gate = lambda x: x.astype(mx.float32).reshape(B, N, C, Hk, r).transpose(0, 3, 4, 1, 2)
+    v = xp.contiguous(v.reshape(B, N, C, Hk, r, Dv).transpose(0, 3, 4, 1, 2, 5))
+    gate = lambda x: xp.contiguous(x.reshape(B, N, C, Hk, r).transpose(0, 3, 4, 1, 2))
     g, beta = gate(g), gate(beta)
-    state = state.reshape(B, Hk, r, Dv, Dk).swapaxes(-1, -2)
+    state = xp.contiguous(state.reshape(B, Hk, r, Dv, Dk).swapaxes(-1, -2))
 
     per = max(1, segment // C)
     ys = []
     for s in range(0, N, per):
         sl = slice(s, s + per)
         y, state = _chunked_segment(q[..., sl, :, :], k[..., sl, :, :], v[..., sl, :, :],
-                                    g[..., sl, :], beta[..., sl, :], state, C)
+                                    g[..., sl, :], beta[..., sl, :], state, C, xp)
         ys.append(y)
-        if N > per:
+        if N > per and not numpy:
             mx.eval(y, state)                                    # bound the graph and memory per segment
-    y = mx.concatenate(ys, axis=3) if len(ys) > 1 else ys[0]     # [B, Hk, r, N, C, Dv]
+    y = xp.concatenate(ys, axis=3) if len(ys) > 1 else ys[0]     # [B, Hk, r, N, C, Dv]
     y = y.transpose(0, 3, 4, 1, 2, 5).reshape(B, Tp, Hv, Dv)[:, :T]
-    return y.astype(out_dtype), state.swapaxes(-1, -2).reshape(B, Hv, Dv, Dk)
-
+    state = state.swapaxes(-1, -2).reshape(B, Hv, Dv, Dk)
+    if numpy:
+        y, state = mx.array(np.ascontiguousarray(y)), mx.array(np.ascontiguousarray(state))
+    return y.astype(out_dtype), state
 
 
 def _step_mask(mask, lengths, B, T):

@@ -1,4 +1,5 @@
-"""gdn_chunked (the chunk-wise MLX-ops path, the prefill wherever no kernel runs) against float64.
+"""gdn_chunked (the chunk-wise path, the prefill wherever no kernel runs) against float64, on both of its
+routes: NumPy (the CPU's) and MLX ops (the GPU fallback for shapes the kernels do not take).
 
 Small head dims keep it fast on the CPU; the head layouts are the checkpoints' (16/16 and 16/32).
 """
@@ -24,31 +25,37 @@ CASES = {  # (B, T, Hk, Hv, Dk, Dv, initial state)
 }
 
 
+ROUTES = pytest.mark.parametrize("numpy", [True, False], ids=["numpy", "mlx"])
+
+
+@ROUTES
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_chunked_matches_float64(case):
+def test_chunked_matches_float64(case, numpy):
     B, T, Hk, Hv, Dk, Dv, st = CASES[case]
     args = make_inputs(B, T, Hk, Hv, Dk, Dv, seed=T + Hv, state=st)
-    y, s = gdn.gdn_chunked(*args)
+    y, s = gdn.gdn_chunked(*args, numpy=numpy)
     ry, rs = ref_np(*args)
     assert_rel_close(y, ry, TOL, f"{case} y")
     assert_rel_close(s, rs, TOL, f"{case} state")
 
 
+@ROUTES
 @pytest.mark.parametrize("chunk", [16, 32, 64])
-def test_chunked_other_chunk_sizes(chunk):
+def test_chunked_other_chunk_sizes(chunk, numpy):
     args = make_inputs(1, 100, 2, 4, 32, 48, seed=chunk)
-    y, s = gdn.gdn_chunked(*args, chunk=chunk)
+    y, s = gdn.gdn_chunked(*args, chunk=chunk, numpy=numpy)
     ry, rs = ref_np(*args)
     assert_rel_close(y, ry, TOL, "y")
     assert_rel_close(s, rs, TOL, "state")
 
 
-def test_chunked_segments_and_bf16():
+@ROUTES
+def test_chunked_segments_and_bf16(numpy):
     """Several segments (the state carried between them), bf16 inputs, bf16 outputs."""
     args = make_inputs(1, 300, 2, 4, 32, 48, mx.bfloat16, seed=5)
-    y, s = gdn.gdn_chunked(*args, segment=128)
+    y, s = gdn.gdn_chunked(*args, segment=128, numpy=numpy)
     ry, rs = ref_np(*args)
-    assert y.dtype == mx.bfloat16
+    assert y.dtype == mx.bfloat16 and s.dtype == mx.float32
     assert_rel_close(y.astype(mx.float32), ry, TOL_BF16, "y")
     assert_rel_close(s, rs, TOL, "state")
 
