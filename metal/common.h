@@ -268,18 +268,9 @@ FN void unpack_a(thread frag_a* a, thread const uint (*w)[2 * KG]) {
 
 template <int KG, typename T>
 FN void load_a(thread frag_a* a, const device T* p, int ld, int nrows, uint lane) {
-  for (int h = 0; h < 2; ++h) {
-    float v[2 * KG];
-    if (fa_r(lane, h) < nrows) {
-      vload<2 * KG>(v, p + fa_r(lane, h) * ld + 2 * KG * fa_q(lane));
-    } else {
-      for (int i = 0; i < 2 * KG; ++i) v[i] = 0.0f;
-    }
-    for (int j = 0; j < KG; ++j) {
-      a[j].x[fa_e(h, 0)] = v[2 * j];
-      a[j].x[fa_e(h, 1)] = v[2 * j + 1];
-    }
-  }
+  uint w[2][2 * KG];
+  load_a_raw<KG>(w, p, ld, nrows, lane);
+  unpack_a<KG, T>(a, w);
 }
 
 template <int KG, typename T>

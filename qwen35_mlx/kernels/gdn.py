@@ -171,7 +171,7 @@ def gdn_chunked(q, k, v, g, beta, state=None, chunk=None, segment=2048, numpy=No
     state = _zeros_state(q, v) if state is None else state.astype(mx.float32)
     if T == 0:
         return mx.zeros((B, 0, Hv, Dv), out_dtype), state
-    q, k, v, g, beta, state = (x.astype(mx.float32) for x in (q, k, v, g, beta, state))
+    q, k, v, g, beta = (x.astype(mx.float32) for x in (q, k, v, g, beta))
     if numpy:
         q, k, v, g, beta, state = (np.asarray(x) for x in (q, k, v, g, beta, state))
     pad = (-T) % C
