@@ -4,6 +4,8 @@
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..kernels.norm import rms_norm
+
 
 class RMSNorm(nn.Module):
     """`weight` holds the effective multiplier (1 + w of the checkpoint), float32."""
@@ -15,7 +17,11 @@ class RMSNorm(nn.Module):
 
     def __call__(self, x):
         # fp32 weight -> fp32 result, cast once: the rounding transformers applies
-        return mx.fast.rms_norm(x, self.weight, self.eps).astype(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+    def residual(self, x, h):
+        """(norm(x + h), x + h): the residual add and this norm in one launch on a GPU."""
+        return rms_norm(h, self.weight, self.eps, residual=x)
 
 
 class GatedRMSNorm(nn.Module):

@@ -47,18 +47,20 @@ class DecoderLayer(nn.Module):
         if c.project is None:
             attn = self.self_attn
             c.project = mx.compile(lambda x, off: attn.project(self.input_layernorm(x), rope, off))
-            c.finish = mx.compile(lambda x, out, gate: self._mlp_residual(x + attn.finish(out, gate)))
+            c.finish = mx.compile(lambda x, out, gate: self._mlp_residual(x, attn.finish(out, gate)))
         project, finish = c.project, c.finish
         q, k, v, gate = project(x, mx.array(offset, mx.int32))
         k, v = cache.update_and_fetch(k, v)
         return finish(x, self.self_attn.attend(q, k, v, None, cache), gate)
 
-    def _mlp_residual(self, x):
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def _mlp_residual(self, x, h):
+        """The residual add of the mixer output h, then the MLP block with its own residual."""
+        n, x = self.post_attention_layernorm.residual(x, h)
+        return x + self.mlp(n)
 
     def linear_step(self, x, conv, state):
         h, conv, state = self.linear_attn.mix(self.input_layernorm(x), conv, state)
-        return self._mlp_residual(x + h), conv, state
+        return self._mlp_residual(x, h), conv, state
 
     def ensure_fused(self):
         """Fused decode projections, built on the first decode step; when weights were replaced since, they
@@ -85,7 +87,7 @@ class DecoderLayer(nn.Module):
             h = self.linear_attn(h, gdn_mask, cache)
         else:
             h = self.self_attn(h, rope, positions, attn_mask, cache)
-        return self._mlp_residual(x + h)
+        return self._mlp_residual(x, h)
 
 
 class TextModel(nn.Module):

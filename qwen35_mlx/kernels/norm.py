@@ -1,0 +1,56 @@
+"""RMSNorm of the decoder (and of attention's q/k heads), optionally fused with the residual add before it:
+one launch of metal/rms_norm.metal on a GPU backend, MLX ops elsewhere (same numbers up to float32 rounding
+order; the kernel is checked against this MLX-ops branch)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import mlx.core as mx
+
+from . import _metal
+from .gdn import gpu_backend
+
+MAX_GROUPS_PER_THREAD = 8     # registers: rows up to 8 * 4 * 256 = 8192 elements take the kernel
+
+
+def threads(H: int) -> int:
+    """Threads per row: one group of 4 elements each up to 256 threads (at least one simdgroup)."""
+    n = 32
+    while n < 256 and n * 4 < H:
+        n *= 2
+    return n
+
+
+def kernel_supported(H: int) -> bool:
+    return H % 4 == 0 and H <= 4 * threads(H) * MAX_GROUPS_PER_THREAD
+
+
+@lru_cache(maxsize=None)
+def _eps(eps: float):
+    return mx.array([eps], dtype=mx.float32)
+
+
+def rms_norm(x, weight, eps: float, residual=None, *, backend: str | None = "auto"):
+    """y = weight * rmsnorm(x) over the last axis, in float32, returned in x's dtype. With `residual`, x is
+    first residual + x (in x's dtype) and the result is (y, that sum)."""
+    backend = gpu_backend() if backend == "auto" else backend
+    H = x.shape[-1]
+    mixed = residual is not None and (residual.dtype != x.dtype or residual.shape != x.shape)
+    if backend is None or not kernel_supported(H) or x.size == 0 or mixed:
+        if residual is not None:
+            x = residual + x
+        y = mx.fast.rms_norm(x, weight, eps).astype(x.dtype)
+        return y if residual is None else (y, x)
+    add = residual is not None
+    NT = threads(H)
+    rows = x.size // H
+    y, res = _metal.kernel("rms_norm", backend)(
+        inputs=[residual if add else x, x, weight, _eps(float(eps))],
+        template=[("InT", x.dtype), ("H", H), ("NT", NT), ("ADD", add)],
+        grid=(NT * rows, 1, 1),
+        threadgroup=(NT, 1, 1),
+        output_shapes=[x.shape, x.shape if add else (1,)],
+        output_dtypes=[x.dtype, x.dtype],
+    )
+    return (y, res) if add else y

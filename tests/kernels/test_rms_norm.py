@@ -1,0 +1,104 @@
+"""RMSNorm kernel (metal/rms_norm.metal) through the CPU emulator, with and without the fused residual add:
+against a float64 NumPy reference on the same (dtype-rounded) inputs, and with planted bugs.
+
+Measured relative errors (this machine): float32 y 5e-8 .. 7e-8; bfloat16 y 1.5e-3 .. 1.7e-3 (its own rounding);
+the residual sum is exact (equal to MLX's x + h in every dtype).
+"""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import metal_emu
+from helpers import assert_rel_close
+from qwen35_mlx.kernels import _metal, norm
+
+TOL = {mx.float32: 1e-6, mx.bfloat16: 1e-2}
+
+
+def make(rows, H, dtype, seed):
+    rng = np.random.default_rng(seed)
+    f = lambda *s: mx.array((rng.standard_normal(s) * 2 + 0.5).astype(np.float32))
+    return f(rows, H).astype(dtype), f(rows, H).astype(dtype), 1 + 0.3 * f(H)
+
+
+def reference(x, w, eps, residual=None):
+    """float64 on the rounded inputs: the residual sum rounded to x's dtype first, as the model adds."""
+    if residual is not None:
+        x = residual + x
+    f = np.asarray(x.astype(mx.float32), np.float64)
+    return np.asarray(w, np.float64) * f / np.sqrt((f * f).mean(-1, keepdims=True) + eps), x
+
+
+def check(x, h, w, dtype, add, name, eps=1e-6):
+    residual = h if add else None
+    out = norm.rms_norm(x, w, eps, residual=residual, backend="metal")
+    y, res = out if add else (out, None)
+    ref_y, ref_res = reference(x, w, eps, residual)
+    assert y.dtype == dtype and y.shape == x.shape, name
+    assert_rel_close(y.astype(mx.float32), ref_y, TOL[dtype], f"{name} y")
+    if add:
+        np.testing.assert_array_equal(np.array(res.astype(mx.float32)), np.array(ref_res.astype(mx.float32)),
+                                      err_msg=f"{name} residual sum")
+
+
+SHAPES = {  # id: (rows, H)
+    "hidden-1024": (3, 1024),
+    "head-256": (12, 256),
+    "partial-groups-36": (5, 36),        # 9 groups of 4 on 32 threads
+    "wide-5120": (2, 5120),               # 5 groups per thread
+    "two-groups-per-thread-2560": (2, 2560),
+}
+
+
+@pytest.mark.parametrize("add", [False, True], ids=["norm", "add+norm"])
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
+def test_kernel_matches_reference(metal_on_cpu, shape, dtype, add):
+    rows, H = SHAPES[shape]
+    check(*make(rows, H, dtype, seed=list(SHAPES).index(shape)), dtype, add, shape)
+
+
+def test_mlx_ops_branch_matches_reference():
+    """The branch every non-GPU backend runs (and the kernel's stand-in): same check."""
+    x, h, w = make(4, 1024, mx.bfloat16, seed=9)
+    y, res = norm.rms_norm(x, w, 1e-6, residual=h, backend=None)
+    ref_y, ref_res = reference(x, w, 1e-6, h)
+    assert_rel_close(y.astype(mx.float32), ref_y, TOL[mx.bfloat16], "MLX ops y")
+    np.testing.assert_array_equal(np.array(res.astype(mx.float32)), np.array(ref_res.astype(mx.float32)))
+
+
+def test_rows_the_kernel_does_not_take_run_mlx_ops(metal_on_cpu, monkeypatch):
+    """H % 4 != 0 (or wider than the registers hold), mixed dtypes: MLX ops, same result."""
+    assert not norm.kernel_supported(1022) and not norm.kernel_supported(16384) and norm.kernel_supported(8192)
+    monkeypatch.setattr(_metal, "kernel", lambda *a: pytest.fail("kernel launched for an unsupported row"))
+    for x, h, w in (make(2, 1022, mx.float32, 1), make(1, 16384, mx.float32, 2)):
+        assert_rel_close(norm.rms_norm(x, w, 1e-6, backend="metal"), reference(x, w, 1e-6)[0], 1e-6, "fallback")
+    x, h, w = make(2, 64, mx.float32, 3)
+    y, res = norm.rms_norm(x, w, 1e-6, residual=h.astype(mx.bfloat16), backend="metal")
+    assert res.dtype == mx.float32
+
+
+# ---- planted bugs: each must make the check above fail ------------------------------------------
+
+PLANTED = {  # id: (exact text in rms_norm.metal, replacement, (rows, H))
+    "dropped-barrier": ("if (lane == 0) red[sg] = ss;\nBARRIER();", "if (lane == 0) red[sg] = ss;", (3, 1024)),
+    "reduction-skips-a-simdgroup": ("for (int s = 0; s < NSG; ++s) total", "for (int s = 1; s < NSG; ++s) total",
+                                    (3, 1024)),
+    "last-group-dropped": ("  if (i < H) {\n    vload<4>", "  if (i < H - 4) {\n    vload<4>", (5, 36)),
+    "mean-over-wrong-count": ("total / float(H)", "total / float(H - 1)", (2, 256)),
+}
+
+
+@pytest.mark.parametrize("bug", list(PLANTED), ids=list(PLANTED))
+def test_planted_bug_is_caught(metal_on_cpu, monkeypatch, bug):
+    text, replacement, (rows, H) = PLANTED[bug]
+    args = make(rows, H, mx.float32, seed=7)
+    check(*args, mx.float32, True, "unmutated")
+    original = _metal.read_source("rms_norm.metal")
+    assert original.count(text) == 1, f"{bug}: the text to mutate is not (uniquely) in rms_norm.metal"
+    mutated = original.replace(text, replacement)
+    read = _metal.read_source
+    monkeypatch.setattr(_metal, "read_source", lambda n: mutated if n == "rms_norm.metal" else read(n))
+    with pytest.raises((AssertionError, metal_emu.MetalEmuError)):
+        check(*args, mx.float32, True, bug)
