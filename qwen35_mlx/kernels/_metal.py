@@ -38,6 +38,8 @@ KERNELS = {
     "gdn_step": (("q", "k", "v", "g", "beta", "state_in", "meta"), ("y", "state_out", "states")),
     "gdn_decode": (("qkv", "conv_in", "conv_w", "z", "a_in", "b_in", "A_log", "dt_bias", "norm_w", "state_in", "eps"),
                    ("y", "conv_out", "state_out")),
+    "gdn_conv": (("qkv", "conv_in", "conv_w", "a_in", "b_in", "A_log", "dt_bias", "meta"),
+                 ("q", "k", "v", "g", "beta", "conv_out")),
     "rms_norm": (("x", "h", "w", "eps"), ("y", "res")),
 }
 

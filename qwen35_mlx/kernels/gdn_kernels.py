@@ -6,7 +6,8 @@ Prefill runs two launches per segment of tokens:
                   writing y and the final state
 Decode and short runs (T < STEP_MAX_T) use gdn_step, which keeps the state in registers across the steps.
 A model's decode step (T = 1) runs gdn_decode instead: the whole mixer between its input and output projections
-(conv, q/k norms, gates, the step, gated norm) in one launch.
+(conv, q/k norms, gates, the step, gated norm) in one launch. Its prefill runs gdn_conv before the scan: the
+conv, q/k norms and gates in one launch.
 Shapes a kernel cannot take go to gdn_chunked (prefill) or the token loop (decode): slower, never wrong.
 """
 
@@ -24,6 +25,7 @@ NT_PREP = 128       # threads per threadgroup: gdn_chunk_prep
 NT_SCAN = 256       # gdn_chunk_scan: 8 simdgroups, one phase-A task and one state row pair each at Dk=128
 NT_STEP = 64        # gdn_step
 NT_DECODE = 128     # gdn_decode: one threadgroup per value head
+CONV_TPG = 16       # gdn_conv: tokens per threadgroup (one simdgroup per run of tokens and head)
 STEP_MAX_T = 16     # below this many steps the recurrent kernel beats the two chunk launches
 SEGMENT_BYTES = 1 << 30  # bound on the prep -> scan intermediates of one launch pair
 BACKENDS = ("metal", "cuda")
@@ -217,3 +219,32 @@ def gdn_decode(qkv, conv, conv_w, z, a, b, A_log, dt_bias, norm_w, state, eps: f
         output_dtypes=[qkv.dtype, qkv.dtype, mx.float32],
     )
     return out[0], out[1], out[2]
+
+
+def conv_backend(Dk: int, Dv: int, conv_kernel: int) -> str | None:
+    """The backend gdn_conv runs on here, or None (no GPU kernel backend, or a shape it does not take)."""
+    if Dk % 4 or Dv % 4 or max(Dk, Dv) > 512 or conv_kernel < 2:
+        return None
+    return gpu_backend()
+
+
+def gdn_conv(qkv, conv, conv_w, a, b, A_log, dt_bias, *, Hk: int, Hv: int, Dk: int, Dv: int, backend: str):
+    """A GDN mixer's conv, q/k norms and gates for a run of tokens, fused (metal/gdn_conv.metal).
+
+    qkv [B, T, 2 Hk Dk + Hv Dv] (the flat [q | k | v] projection), conv [B, K-1, same] history, conv_w [same, K],
+    a and b [B, T, Hv], A_log and dt_bias [Hv]. Returns q, k [B, T, Hk, Dk] (L2-normed, q scaled by Dk^-1/2) and
+    v [B, T, Hv, Dv] in qkv's dtype, g (log decay) and beta [B, T, Hv] float32, and the new history."""
+    B, T, CD = qkv.shape
+    K = conv_w.shape[1]
+    dt = qkv.dtype
+    f32 = mx.float32
+    out = _metal.kernel("gdn_conv", backend)(
+        inputs=[qkv, conv.astype(dt), conv_w, a, b, A_log.astype(f32), dt_bias.astype(f32),
+                mx.array([T], dtype=mx.int32)],
+        template=[("InT", dt), ("Dk", Dk), ("Dv", Dv), ("Hk", Hk), ("Hv", Hv), ("K", K), ("TPG", CONV_TPG)],
+        grid=(32 * -(-T // CONV_TPG), 2 * Hk + Hv, B),
+        threadgroup=(32, 1, 1),
+        output_shapes=[(B, T, Hk, Dk), (B, T, Hk, Dk), (B, T, Hv, Dv), (B, T, Hv), (B, T, Hv), (B, K - 1, CD)],
+        output_dtypes=[dt, dt, dt, f32, f32, dt],
+    )
+    return tuple(out)

@@ -114,17 +114,25 @@ class GatedDeltaNet(nn.Module):
                     Dv=self.Dv, backend=backend)
                 return self.out_proj(y[:, None]), conv, state
         z = z.reshape(B, T, self.Hv, self.Dv)
-
         if conv is None:
             conv = mx.zeros((B, self.K - 1, qkv.shape[-1]), qkv.dtype)
-        conv_in = mx.concatenate([conv.astype(qkv.dtype), qkv], axis=1)
-        mixed = self.conv1d(conv_in)
-
-        q, k, v = mx.split(mixed, [self.key_dim, 2 * self.key_dim], axis=-1)
-        q, k = _qk(q.reshape(B, T, self.Hk, self.Dk), k.reshape(B, T, self.Hk, self.Dk), self.Dk ** -0.5)
-        v = v.reshape(B, T, self.Hv, self.Dv)
-        g, beta = _gates(a, b, self.A_log, self.dt_bias)
-
+        backend = gdn_kernels.conv_backend(self.Dk, self.Dv, self.K)
+        if backend:                                      # on a GPU: conv, norms and gates in one kernel
+            q, k, v, g, beta, conv = gdn_kernels.gdn_conv(
+                qkv, conv, self.conv1d.weight[:, :, 0], a, b, self.A_log, self.dt_bias, Hk=self.Hk, Hv=self.Hv,
+                Dk=self.Dk, Dv=self.Dv, backend=backend)
+        else:
+            q, k, v, g, beta, conv = self.conv_gates(qkv, conv, a, b)
         y, state = gated_delta(q, k, v, g, beta, state, mask=mask)
         y = self.norm(y.astype(x.dtype), z)
-        return self.out_proj(y.reshape(B, T, -1)), conv_in[:, -(self.K - 1):], state
+        return self.out_proj(y.reshape(B, T, -1)), conv, state
+
+    def conv_gates(self, qkv, conv, a, b):
+        """The conv, q/k norms and gates in MLX ops (gdn_conv's reference): -> q, k, v, g, beta, new history."""
+        B, T, _ = qkv.shape
+        conv_in = mx.concatenate([conv.astype(qkv.dtype), qkv], axis=1)
+        mixed = self.conv1d(conv_in)
+        q, k, v = mx.split(mixed, [self.key_dim, 2 * self.key_dim], axis=-1)
+        q, k = _qk(q.reshape(B, T, self.Hk, self.Dk), k.reshape(B, T, self.Hk, self.Dk), self.Dk ** -0.5)
+        g, beta = _gates(a, b, self.A_log, self.dt_bias)
+        return q, k, v.reshape(B, T, self.Hv, self.Dv), g, beta, conv_in[:, -(self.K - 1):]

@@ -1,0 +1,124 @@
+"""The fused kernels on a GPU backend (CUDA twin, or Metal on a Mac), each against its MLX-ops branch (float32,
+same weights and inputs), and timed fused against unfused at the Qwen3.5-0.8B shapes:
+gdn_decode (a GDN mixer's decode step), gdn_conv (prefill conv / norms / gates), rms_norm (with the residual add).
+(The chunk kernels have their own: bench_gdn.py.)
+
+    python benchmarks/check_kernels.py
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "kernels"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from qwen35_mlx.kernels import gdn_kernels, norm  # noqa: E402
+from qwen35_mlx.kernels.gdn import gpu_backend  # noqa: E402
+from test_gdn_conv import RUNS, make_run, run_kernel  # noqa: E402
+from test_gdn_conv import SHAPES as CONV_SHAPES  # noqa: E402
+from test_gdn_decode import SHAPES, as_float32, make_layer, make_step  # noqa: E402
+
+
+def rel(a, b):
+    a, b = np.asarray(a.astype(mx.float32), np.float64), np.asarray(b.astype(mx.float32), np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def unfused(layer, *args):
+    orig = gdn_kernels.decode_backend
+    gdn_kernels.decode_backend = lambda *a: None
+    try:
+        return layer.mix(*args)
+    finally:
+        gdn_kernels.decode_backend = orig
+
+
+def timed(fn, n=100):
+    """ms per call of fn(), calls chained lazily and evaluated once at the end (the cost inside a graph)."""
+    for _ in range(3):
+        mx.eval(fn())
+    t = time.perf_counter()
+    outs = [fn() for _ in range(n)]
+    mx.eval(outs)
+    return (time.perf_counter() - t) / n * 1e3
+
+
+def check_conv():
+    f = lambda x: x.astype(mx.float32)
+    for shape, dims in CONV_SHAPES.items():
+        for run, (B, T, history) in RUNS.items():
+            for dt in (mx.float32, mx.bfloat16):
+                layer = make_layer(*dims, dt, seed=1)
+                qkv, conv, a, b = make_run(layer, B, T, dt, history=history)
+                zeros = mx.zeros((B, layer.K - 1, qkv.shape[-1]), mx.float32)
+                want = as_float32(layer).conv_gates(f(qkv), zeros if conv is None else f(conv), f(a), f(b))
+                got = run_kernel(layer, qkv, conv, a, b, gpu_backend())
+                errs = " ".join(f"{n} {rel(x, y):.1e}" for n, x, y in zip(("q", "k", "v", "g", "beta"), got, want))
+                print(f"gdn_conv {shape:26s} {run:28s} {str(dt):14s} {errs}  history exact "
+                      f"{bool(mx.array_equal(f(got[5]), want[5]).item())}", flush=True)
+    layer = make_layer(16, 16, 128, 128, mx.bfloat16, H=1024)
+    qkv, conv, a, b = make_run(layer, 1, 2048, mx.bfloat16)
+    fused = lambda: run_kernel(layer, qkv, conv, a, b, gpu_backend())
+    print(f"gdn_conv, Qwen3.5-0.8B GDN shape, bf16, T = 2048: fused {timed(fused):.3f} ms, MLX ops "
+          f"{timed(lambda: layer.conv_gates(qkv, conv, a, b)):.3f} ms", flush=True)
+
+
+def check_norm():
+    rng = np.random.default_rng(0)
+    for rows, H in ((1, 1024), (2048, 1024), (16384, 256), (3, 5120)):
+        for dt in (mx.float32, mx.bfloat16):
+            x, h = (mx.array(rng.standard_normal((rows, H)).astype(np.float32)).astype(dt) for _ in range(2))
+            w = mx.array(1 + 0.3 * rng.standard_normal(H).astype(np.float32))
+            y, res = norm.rms_norm(x, w, 1e-6, residual=h)
+            s = (h + x).astype(mx.float32)
+            ref = w * s * mx.rsqrt((s * s).mean(-1, keepdims=True) + 1e-6)
+            print(f"rms_norm rows {rows:6d} H {H:5d} {str(dt):14s} y {rel(y, ref):.1e}  residual exact "
+                  f"{bool(mx.array_equal(res, h + x).item())}", flush=True)
+    for rows in (1, 2048):
+        x, h = (mx.array(rng.standard_normal((rows, 1024)).astype(np.float32)).astype(mx.bfloat16) for _ in range(2))
+        w = mx.ones((1024,), mx.float32)
+        fused = lambda: norm.rms_norm(x, w, 1e-6, residual=h)
+        plain = mx.compile(lambda: norm.rms_norm(x, w, 1e-6, residual=h, backend=None))
+        print(f"add + rms_norm, [{rows}, 1024] bf16: fused {timed(fused):.3f} ms, MLX ops (compiled) "
+              f"{timed(plain):.3f} ms", flush=True)
+
+
+def per_call(fn, x, conv, state, n=100):
+    for _ in range(3):
+        mx.eval(fn(x, conv, state))
+    t = time.perf_counter()
+    for _ in range(n):
+        out, conv, state = fn(x, conv, state)
+    mx.eval(out, conv, state)
+    return (time.perf_counter() - t) / n * 1e3
+
+
+def main():
+    print(f"device {mx.default_device()}, mlx {mx.__version__}, kernel backend "
+          f"{gdn_kernels.decode_backend(128, 4)}", flush=True)
+    check_norm()
+    check_conv()
+    for shape, (B, Hk, Hv, Dk, Dv) in SHAPES.items():
+        for dt in (mx.float32, mx.bfloat16):
+            layer = make_layer(Hk, Hv, Dk, Dv, dt, seed=list(SHAPES).index(shape))
+            x, conv, state = make_step(layer, B, dt)
+            ref = unfused(as_float32(layer), x.astype(mx.float32), conv.astype(mx.float32), state)
+            out = layer.mix(x, conv, state)
+            hist = mx.concatenate([conv[:, 1:], layer.in_proj_qkv(x)], axis=1)
+            print(f"gdn_decode {shape:28s} {str(dt):14s} y {rel(out[0], ref[0]):.1e}  state {rel(out[2], ref[2]):.1e}  "
+                  f"history exact {bool(mx.array_equal(out[1], hist).item())}", flush=True)
+    layer = make_layer(16, 16, 128, 128, mx.bfloat16, H=1024)
+    x, conv, state = make_step(layer, 1, mx.bfloat16)
+    fused = mx.compile(layer.mix)
+    print(f"mixer step, Qwen3.5-0.8B GDN shape, bf16, compiled, chained: fused {per_call(fused, x, conv, state):.3f} ms, "
+          f"unfused {per_call(mx.compile(lambda *a: unfused(layer, *a)), x, conv, state):.3f} ms", flush=True)
+
+
+if __name__ == "__main__":
+    main()
