@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_model import build_ours, hf_weights  # noqa: E402
 from configs import QWEN35_0_8B  # noqa: E402
 
+from qwen35_mlx.kernels import gdn_kernels  # noqa: E402
 from qwen35_mlx.kernels.gdn import gated_delta  # noqa: E402
 from qwen35_mlx.model.gated_deltanet import l2norm  # noqa: E402
 
@@ -64,17 +64,20 @@ def main(argv=None):
     say(f"attention decoder layer            {tm(lambda: attn_layer(x, model.rope, 0, 'causal', None, None)):8.3f} ms")
     say(f"MLP                                {tm(lambda: gdn_layer.mlp(x)):8.3f} ms")
     say(f"RMSNorm (fp32 weight)              {tm(lambda: gdn_layer.input_layernorm(x)):8.3f} ms")
+    say(f"residual add + RMSNorm             {tm(lambda: gdn_layer.post_attention_layernorm.residual(x, x)):8.3f} ms")
     a = gdn_layer.linear_attn
     say(f"GDN mixer (whole)                  {tm(lambda: a(x)):8.3f} ms")
     say(f"  in_proj_qkv                      {tm(lambda: a.in_proj_qkv(x)):8.3f} ms")
     say(f"  in_proj_z                        {tm(lambda: a.in_proj_z(x)):8.3f} ms")
-    qkv = a.in_proj_qkv(x)
-    conv_in = mx.concatenate([mx.zeros((1, 3, qkv.shape[-1]), qkv.dtype), qkv], axis=1)
-    mx.eval(qkv, conv_in)
-    say(f"  conv + silu                      {tm(lambda: nn.silu(a.conv1d(conv_in))):8.3f} ms")
+    qkv, ga, gb = a.in_proj_qkv(x), a.in_proj_a(x), a.in_proj_b(x)
+    hist = mx.zeros((1, a.K - 1, qkv.shape[-1]), qkv.dtype)
+    mx.eval(qkv, ga, gb, hist)
     Dk, Hk, Hv, Dv = a.Dk, a.Hk, a.Hv, a.Dv
-    qk = qkv[..., :Hk * Dk].reshape(1, T, Hk, Dk)
-    say(f"  l2norm (one of q, k)             {tm(lambda: l2norm(qk).astype(mx.bfloat16)):8.3f} ms")
+    backend = gdn_kernels.conv_backend(Dk, Dv, a.K)
+    if backend:
+        conv_w = a.conv1d.weight[:, :, 0]
+        say(f"  conv, norms, gates (gdn_conv)    {tm(lambda: gdn_kernels.gdn_conv(qkv, hist, conv_w, ga, gb, a.A_log, a.dt_bias, Hk=Hk, Hv=Hv, Dk=Dk, Dv=Dv, backend=backend)):8.3f} ms")
+    say(f"  conv, norms, gates (MLX ops)     {tm(lambda: a.conv_gates(qkv, hist, ga, gb)):8.3f} ms")
     q = l2norm(mx.random.normal((1, T, Hk, Dk))).astype(mx.bfloat16) * Dk ** -0.5
     k = l2norm(mx.random.normal((1, T, Hk, Dk))).astype(mx.bfloat16)
     v = mx.random.normal((1, T, Hv, Dv)).astype(mx.bfloat16)
