@@ -2,8 +2,9 @@
 // causal conv (and the conv history it leaves), SiLU, L2-normed q/k (q scaled by Dk^-1/2), the decay and beta
 // gates, the delta rule, and the gated RMSNorm. Unfused that is ~8 operations per layer and token, and
 // decode on a GPU pays per operation, not per byte.
-// Reference: GatedDeltaNet.mix in qwen35_mlx/model/gated_deltanet.py at T = 1. Grid (NT, Hv, B), threadgroup
-// (NT, 1, 1): one threadgroup per value head. The state walks in passes of NT / L rows: L neighbouring lanes
+// The input projections arrive as one row per sequence, proj = [qkv | z | b | a] (as one matmul makes them: no
+// copies to split them). Reference: GatedDeltaNet.mix in qwen35_mlx/model/gated_deltanet.py at T = 1.
+// Grid (NT, Hv, B), threadgroup (NT, 1, 1): one threadgroup per value head. The state walks in passes of NT / L rows: L neighbouring lanes
 // share a row, each holding Dk / L consecutive keys in registers (as gdn_step), so it is read and written once.
 // Every conv history channel is written by one threadgroup: v channels by their value head, q/k channels by the
 // first value head of their key head.
@@ -12,6 +13,7 @@ constexpr int R = NT / L;
 constexpr int NSG = NT / 32;
 constexpr int KEY_DIM = Hk * Dk;
 constexpr int CONV_DIM = 2 * KEY_DIM + Hv * Dv;
+constexpr int P = CONV_DIM + Hv * Dv + 2 * Hv;   // proj row: qkv, z, b, a
 const int hv = int(tgid.y);
 const int b = int(tgid.z);
 const int hk = hv / (Hv / Hk);
@@ -24,7 +26,7 @@ threadgroup float yS[Dv];
 threadgroup float red[2 * NSG];
 
 // 1. conv + SiLU of this head's channels; the history shifted by one token.
-const device InT* xin = qkv + (int64_t)b * CONV_DIM;
+const device InT* xin = proj + (int64_t)b * P;
 const device InT* hin = conv_in + (int64_t)b * (K - 1) * CONV_DIM;
 device InT* hout = conv_out + (int64_t)b * (K - 1) * CONV_DIM;
 for (int i = int(tid); i < 2 * Dk + Dv; i += NT) {
@@ -70,10 +72,10 @@ UNROLL for (int i = 0; i < NSG; ++i) {
 }
 const float qscale = frsqrt(sq + 1e-6f) * frsqrt(float(Dk));
 const float kscale = frsqrt(sk + 1e-6f);
-const float xa = float(a_in[go]) + float(dt_bias[hv]);
+const float xa = float(xin[CONV_DIM + Hv * Dv + Hv + hv]) + float(dt_bias[hv]);
 const float softplus = (xa > 0.0f ? xa : 0.0f) + flog(1.0f + fexp(xa > 0.0f ? -xa : xa));  // logaddexp(x, 0)
 const float decay = fexp(-fexp(float(A_log[hv])) * softplus);
-const float bt = 1.0f / (1.0f + fexp(-float(b_in[go])));
+const float bt = 1.0f / (1.0f + fexp(-float(xin[CONV_DIM + Hv * Dv + hv])));
 
 // 3. the delta rule, NT / L rows per pass; y before the norm to yS.
 const int li = int(tid) % L;
@@ -112,7 +114,7 @@ BARRIER();
 float sy = 0.0f;
 UNROLL for (int i = 0; i < NSG; ++i) sy += red[i];
 const float inv = frsqrt(sy / float(Dv) + eps[0]);
-const device InT* zb = z + (int64_t)go * Dv;
+const device InT* zb = xin + CONV_DIM + hv * Dv;
 device InT* yb = y + (int64_t)go * Dv;
 for (int i = int(tid); i < Dv; i += NT) {
   const float zi = float(zb[i]);

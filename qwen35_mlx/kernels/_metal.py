@@ -36,7 +36,7 @@ KERNELS = {
     "gdn_chunk_prep": (("q", "k", "v", "g", "beta", "meta"), ("W", "U", "Aqk", "Gc")),
     "gdn_chunk_scan": (("q", "k", "W", "U", "Aqk", "Gc", "state_in", "meta"), ("y", "state_out")),
     "gdn_step": (("q", "k", "v", "g", "beta", "state_in", "meta"), ("y", "state_out", "states")),
-    "gdn_decode": (("qkv", "conv_in", "conv_w", "z", "a_in", "b_in", "A_log", "dt_bias", "norm_w", "state_in", "eps"),
+    "gdn_decode": (("proj", "conv_in", "conv_w", "A_log", "dt_bias", "norm_w", "state_in", "eps"),
                    ("y", "conv_out", "state_out")),
     "gdn_conv": (("qkv", "conv_in", "conv_w", "a_in", "b_in", "A_log", "dt_bias", "meta"),
                  ("q", "k", "v", "g", "beta", "conv_out")),
@@ -56,6 +56,12 @@ def read_source(name: str) -> str:
 def kernel_source(name: str, backend: str) -> tuple[str, str]:
     """(header, body) exactly as handed to the backend's kernel factory."""
     return read_source("common.h"), PROLOGUE[backend] + read_source(f"{name}.metal")
+
+
+@lru_cache(maxsize=None)
+def f32_scalar(x: float):
+    """A float32 scalar input (e.g. an epsilon), made once per value."""
+    return mx.array([x], dtype=mx.float32)
 
 
 def kernel(name: str, backend: str):

@@ -199,24 +199,28 @@ def decode_backend(Dk: int, conv_kernel: int) -> str | None:
     return gpu_backend()
 
 
-def gdn_decode(qkv, conv, conv_w, z, a, b, A_log, dt_bias, norm_w, state, eps: float, *, Hk: int, Hv: int,
-               Dk: int, Dv: int, backend: str):
+def gdn_decode(proj, conv, conv_w, A_log, dt_bias, norm_w, state, eps: float, *, Hk: int, Hv: int, Dk: int,
+               Dv: int, backend: str):
     """One decode step of a GDN mixer after its projections, fused (metal/gdn_decode.metal).
 
-    qkv [B, 2 Hk Dk + Hv Dv] (the flat [q | k | v] projection), conv [B, K-1, same] history, conv_w [same, K],
-    z [B, Hv Dv], a and b [B, Hv], A_log and dt_bias [Hv], norm_w [Dv], state [B, Hv, Dv, Dk] float32.
-    Returns (y [B, Hv Dv] gated-normed in qkv's dtype, new conv history, new state)."""
-    B, C = qkv.shape
+    proj [B, P]: the input projections side by side, [qkv | z | b | a] with qkv the flat [q | k | v]
+    (2 Hk Dk + Hv Dv), z (Hv Dv), b and a (Hv each); conv [B, K-1, 2 Hk Dk + Hv Dv] history, conv_w [same, K],
+    A_log and dt_bias [Hv], norm_w [Dv], state [B, Hv, Dv, Dk] float32.
+    Returns (y [B, Hv Dv] gated-normed in proj's dtype, new conv history, new state)."""
+    B, P = proj.shape
+    C = 2 * Hk * Dk + Hv * Dv
+    if P != C + Hv * Dv + 2 * Hv:
+        raise ValueError(f"gdn_decode: projection row of {P} values; expected {C + Hv * Dv + 2 * Hv}")
     K = conv_w.shape[1]
     out = _metal.kernel("gdn_decode", backend)(
-        inputs=[qkv, conv.astype(qkv.dtype), conv_w, z, a, b, A_log.astype(mx.float32), dt_bias.astype(mx.float32),
-                norm_w, state.astype(mx.float32), mx.array([eps], dtype=mx.float32)],
-        template=[("InT", qkv.dtype), ("Dk", Dk), ("Dv", Dv), ("Hk", Hk), ("Hv", Hv), ("K", K),
+        inputs=[proj, conv.astype(proj.dtype), conv_w, A_log, dt_bias, norm_w, state.astype(mx.float32),
+                _metal.f32_scalar(eps)],
+        template=[("InT", proj.dtype), ("Dk", Dk), ("Dv", Dv), ("Hk", Hk), ("Hv", Hv), ("K", K),
                   ("L", step_lanes(Dk)), ("NT", NT_DECODE)],
         grid=(NT_DECODE, Hv, B),
         threadgroup=(NT_DECODE, 1, 1),
         output_shapes=[(B, Hv * Dv), (B, K - 1, C), (B, Hv, Dv, Dk)],
-        output_dtypes=[qkv.dtype, qkv.dtype, mx.float32],
+        output_dtypes=[proj.dtype, proj.dtype, mx.float32],
     )
     return out[0], out[1], out[2]
 
@@ -239,7 +243,7 @@ def gdn_conv(qkv, conv, conv_w, a, b, A_log, dt_bias, *, Hk: int, Hv: int, Dk: i
     dt = qkv.dtype
     f32 = mx.float32
     out = _metal.kernel("gdn_conv", backend)(
-        inputs=[qkv, conv.astype(dt), conv_w, a, b, A_log.astype(f32), dt_bias.astype(f32),
+        inputs=[qkv, conv.astype(dt), conv_w, a, b, A_log, dt_bias,
                 mx.array([T], dtype=mx.int32)],
         template=[("InT", dt), ("Dk", Dk), ("Dv", Dv), ("Hk", Hk), ("Hv", Hv), ("K", K), ("TPG", CONV_TPG)],
         grid=(32 * -(-T // CONV_TPG), 2 * Hk + Hv, B),

@@ -4,7 +4,6 @@ order; the kernel is checked against this MLX-ops branch)."""
 
 from __future__ import annotations
 
-from functools import lru_cache
 
 import mlx.core as mx
 
@@ -26,11 +25,6 @@ def kernel_supported(H: int) -> bool:
     return H % 4 == 0 and H <= 4 * threads(H) * MAX_GROUPS_PER_THREAD
 
 
-@lru_cache(maxsize=None)
-def _eps(eps: float):
-    return mx.array([eps], dtype=mx.float32)
-
-
 def rms_norm(x, weight, eps: float, residual=None, *, backend: str | None = "auto"):
     """y = weight * rmsnorm(x) over the last axis, in float32, returned in x's dtype. With `residual`, x is
     first residual + x (in x's dtype) and the result is (y, that sum)."""
@@ -46,7 +40,7 @@ def rms_norm(x, weight, eps: float, residual=None, *, backend: str | None = "aut
     NT = threads(H)
     rows = x.size // H
     y, res = _metal.kernel("rms_norm", backend)(
-        inputs=[residual if add else x, x, weight, _eps(float(eps))],
+        inputs=[residual if add else x, x, weight, _metal.f32_scalar(float(eps))],
         template=[("InT", x.dtype), ("H", H), ("NT", NT), ("ADD", add)],
         grid=(NT * rows, 1, 1),
         threadgroup=(NT, 1, 1),

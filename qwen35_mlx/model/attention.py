@@ -5,6 +5,7 @@ import mlx.nn as nn
 from mlx_lm.models.base import scaled_dot_product_attention
 
 from ..config import TextConfig
+from .fused import DecodeFusion
 from .norms import RMSNorm
 
 
@@ -17,7 +18,9 @@ def block_rows(batch: int, heads: int, keys: int) -> int:
     return max(16, SCORE_BYTES // (batch * heads * keys * 4))
 
 
-class Attention(nn.Module):
+class Attention(DecodeFusion, nn.Module):
+    FUSE = ("q_proj", "k_proj", "v_proj")   # decode: one matmul
+
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -40,10 +43,14 @@ class Attention(nn.Module):
         """x [B, T, H] -> q [B, heads, T, D], k and v [B, kv_heads, T, D] (normed, rotated), gate."""
         B, T, _ = x.shape
         D = self.head_dim
-        q, gate = mx.split(self.q_proj(x).reshape(B, T, self.n_heads, 2 * D), 2, axis=-1)
+        if T == 1 and self._fused is not None:
+            q, k, v = self._fused(x)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, gate = mx.split(q.reshape(B, T, self.n_heads, 2 * D), 2, axis=-1)
         q = self.q_norm(q).transpose(0, 2, 1, 3)
-        k = self.k_norm(self.k_proj(x).reshape(B, T, self.n_kv, D)).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(B, T, self.n_kv, D).transpose(0, 2, 1, 3)
+        k = self.k_norm(k.reshape(B, T, self.n_kv, D)).transpose(0, 2, 1, 3)
+        v = v.reshape(B, T, self.n_kv, D).transpose(0, 2, 1, 3)
         return rope(q, positions), rope(k, positions), v, gate.reshape(B, T, -1)
 
     def attend(self, q, k, v, mask, cache):

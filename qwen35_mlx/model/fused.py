@@ -38,13 +38,15 @@ class FusedLinear:
                 m[n] = a[lo:hi]
         mx.eval([m.parameters() for m in modules])
 
-    def __call__(self, x) -> list:
+    def joined(self, x):
+        """The outputs side by side, as the one matmul makes them."""
         a = self.arrays
         if self.quant is None:
-            y = x @ a["weight"].T
-        else:
-            y = mx.quantized_matmul(x, a["weight"], a["scales"], a.get("biases"), transpose=True, **self.quant)
-        return mx.split(y, self.splits, axis=-1)
+            return x @ a["weight"].T
+        return mx.quantized_matmul(x, a["weight"], a["scales"], a.get("biases"), transpose=True, **self.quant)
+
+    def __call__(self, x) -> list:
+        return mx.split(self.joined(x), self.splits, axis=-1)
 
 
 class Projections:
@@ -67,9 +69,31 @@ class Projections:
         return len(modules) == len(self.modules) and all(
             m is o and m.weight is w for m, o, w in zip(modules, self.modules, self.weights))
 
+    def joined(self, x):
+        """The outputs concatenated on the last axis (no copy when all layers share one matmul)."""
+        if len(self.parts) == 1 and isinstance(self.parts[0], FusedLinear):
+            return self.parts[0].joined(x)
+        return mx.concatenate(self(x), axis=-1)
+
     def __call__(self, x) -> list:
         out = []
         for p in self.parts:
             r = p(x)
             out.extend(r if isinstance(p, FusedLinear) else [r])
         return out
+
+
+class DecodeFusion:
+    """Mixin for a layer whose decode (one token) runs the projections named in FUSE through Projections,
+    held in `_fused` (None until the first decode step builds it)."""
+
+    FUSE: tuple = ()
+    _fused = None
+
+    def ensure_fused(self) -> bool:
+        """Build the fused decode projections, or rebuild them if the weights were replaced; True if built."""
+        modules = [getattr(self, n) for n in self.FUSE]
+        if self._fused is not None and self._fused.valid(modules):
+            return False
+        self._fused = Projections(modules)
+        return True

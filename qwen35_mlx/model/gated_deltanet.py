@@ -7,7 +7,7 @@ import mlx.nn as nn
 from ..config import TextConfig
 from ..kernels import gdn_kernels
 from ..kernels.gdn import gated_delta
-from .fused import Projections
+from .fused import DecodeFusion
 from .norms import GatedRMSNorm
 
 
@@ -58,7 +58,9 @@ def _gates(a, b, A_log, dt_bias):
     return g, mx.sigmoid(b.astype(mx.float32))
 
 
-class GatedDeltaNet(nn.Module):
+class GatedDeltaNet(DecodeFusion, nn.Module):
+    FUSE = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a")   # decode: one matmul
+
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.Hk, self.Hv = cfg.linear_num_key_heads, cfg.linear_num_value_heads
@@ -76,15 +78,6 @@ class GatedDeltaNet(nn.Module):
         self.A_log = mx.zeros((self.Hv,))
         self.norm = GatedRMSNorm(self.Dv, cfg.rms_norm_eps)
         self.out_proj = nn.Linear(self.value_dim, H, bias=False)
-        self._fused = None                         # decode: the input projections as one matmul (or two)
-
-    def ensure_fused(self) -> bool:
-        """Build the fused decode projections, or rebuild them if the weights were replaced; True if built."""
-        modules = [self.in_proj_qkv, self.in_proj_z, self.in_proj_b, self.in_proj_a]
-        if self._fused is not None and self._fused.valid(modules):
-            return False
-        self._fused = Projections(modules)
-        return True
 
     def __call__(self, x, mask=None, cache=None):
         """x: [B, T, H]; mask: [B, T] bool (False = padding) or None; cache: GDNCache or None."""
@@ -101,18 +94,19 @@ class GatedDeltaNet(nn.Module):
         B, T, _ = x.shape
         if mask is not None:
             x = mx.where(mask[..., None], x, 0)                       # padding contributes nothing
+        backend = gdn_kernels.decode_backend(self.Dk, self.K)
+        if T == 1 and mask is None and conv is not None and state is not None and backend:
+            # decode on a GPU: the projections as one row [qkv | z | b | a], the rest in one kernel
+            proj = self._fused.joined(x) if self._fused is not None else mx.concatenate(
+                [self.in_proj_qkv(x), self.in_proj_z(x), self.in_proj_b(x), self.in_proj_a(x)], axis=-1)
+            y, conv, state = gdn_kernels.gdn_decode(
+                proj[:, 0], conv, self.conv1d.weight[:, :, 0], self.A_log, self.dt_bias, self.norm.weight, state,
+                self.norm.eps, Hk=self.Hk, Hv=self.Hv, Dk=self.Dk, Dv=self.Dv, backend=backend)
+            return self.out_proj(y[:, None]), conv, state
         if T == 1 and self._fused is not None:
             qkv, z, b, a = self._fused(x)
         else:
             qkv, z, b, a = self.in_proj_qkv(x), self.in_proj_z(x), self.in_proj_b(x), self.in_proj_a(x)
-        if T == 1 and mask is None and conv is not None and state is not None:
-            backend = gdn_kernels.decode_backend(self.Dk, self.K)
-            if backend:                                   # decode on a GPU: the rest in one kernel
-                y, conv, state = gdn_kernels.gdn_decode(
-                    qkv[:, 0], conv, self.conv1d.weight[:, :, 0], z[:, 0], a[:, 0], b[:, 0], self.A_log,
-                    self.dt_bias, self.norm.weight, state, self.norm.eps, Hk=self.Hk, Hv=self.Hv, Dk=self.Dk,
-                    Dv=self.Dv, backend=backend)
-                return self.out_proj(y[:, None]), conv, state
         z = z.reshape(B, T, self.Hv, self.Dv)
         if conv is None:
             conv = mx.zeros((B, self.K - 1, qkv.shape[-1]), qkv.dtype)

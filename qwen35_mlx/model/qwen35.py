@@ -65,7 +65,7 @@ class DecoderLayer(nn.Module):
     def ensure_fused(self):
         """Fused decode projections, built on the first decode step; when weights were replaced since, they
         are rebuilt and the compiled steps (which captured the old weights) dropped."""
-        parts = [self.linear_attn, self.mlp] if self.is_linear else [self.mlp]
+        parts = [self.linear_attn if self.is_linear else self.self_attn, self.mlp]
         if any([p.ensure_fused() for p in parts if hasattr(p, "ensure_fused")]):   # not SparseMoe
             self._compiled = _Compiled()
 

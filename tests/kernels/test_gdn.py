@@ -252,7 +252,7 @@ def test_cuda_twin_compiles(tmp_path, dt):
         "gdn_chunk_scan": ([dt] * 2 + [f32] * 5 + [i32], [dt, f32],
                            shape + [("C", 64), ("BV", 16), ("NT", 256), ("PREC", 0)]),
         "gdn_step": ([dt] * 3 + [f32] * 3 + [i32], [dt, f32, f32], shape + [("L", 4), ("NT", 64), ("SAVE", True)]),
-        "gdn_decode": ([dt] * 6 + [f32] * 2 + [dt] + [f32] * 2, [dt, dt, f32], shape + [("K", 4), ("L", 4), ("NT", 128)]),
+        "gdn_decode": ([dt] * 3 + [f32] * 2 + [dt] + [f32] * 2, [dt, dt, f32], shape + [("K", 4), ("L", 4), ("NT", 128)]),
         "gdn_conv": ([dt] * 5 + [f32] * 2 + [i32], [dt] * 3 + [f32] * 2 + [dt], shape + [("K", 4), ("TPG", 16)]),
         "rms_norm": ([dt, dt, f32, f32], [dt, dt], [("InT", dt), ("H", 1024), ("NT", 256), ("ADD", True)]),
     }

@@ -100,6 +100,14 @@ def test_decode_kernel_matches_mlx_ops(metal_on_cpu, monkeypatch, shape, dtype):
     check(layer, *make_step(layer, B, dtype), monkeypatch, dtype, shape)
 
 
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["fp32", "bf16"])
+def test_decode_kernel_on_fused_projections(metal_on_cpu, monkeypatch, dtype):
+    """With the decode projections fused (one matmul), the kernel reads its row of [qkv | z | b | a] as made."""
+    layer = make_layer(2, 4, 32, 48, dtype, seed=11)
+    assert layer.ensure_fused() and len(layer._fused.parts) == 1
+    check(layer, *make_step(layer, 2, dtype, seed=12), monkeypatch, dtype, "fused projections")
+
+
 def test_unsupported_shape_runs_mlx_ops(metal_on_cpu):
     """A key head dim the kernel cannot hold in registers: the mixer runs in MLX ops, not the kernel."""
     assert gdn_kernels.decode_backend(8 * 64 + 8, 4) is None
