@@ -5,6 +5,7 @@ the thread indices the body uses (tid, lane, sg, tgid) and, on CUDA, Metal's add
 from __future__ import annotations
 
 import importlib.resources
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -42,6 +43,24 @@ KERNELS = {
                  ("q", "k", "v", "g", "beta", "conv_out")),
     "rms_norm": (("x", "h", "w", "eps"), ("y", "res")),
 }
+
+
+
+def _disabled() -> frozenset:
+    """Kernels switched off by QWEN35_MLX_DISABLE_KERNELS (comma-separated names of KERNELS): their callers take
+    the MLX-ops path instead. For diagnosing a kernel on a user's machine and for A/B benchmarks."""
+    names = frozenset(n.strip() for n in os.environ.get("QWEN35_MLX_DISABLE_KERNELS", "").split(",") if n.strip())
+    unknown = names - KERNELS.keys()
+    if unknown:
+        raise ValueError(f"QWEN35_MLX_DISABLE_KERNELS: unknown kernel(s) {sorted(unknown)}; known: {sorted(KERNELS)}")
+    return names
+
+
+DISABLED = _disabled()
+
+
+def enabled(name: str) -> bool:
+    return name not in DISABLED
 
 
 @lru_cache(maxsize=None)

@@ -187,14 +187,18 @@ def gdn_kernel(q, k, v, g, beta, state=None, *, backend="metal"):
     if backend not in BACKENDS:
         raise ValueError(f"gdn_kernel: backend must be one of {BACKENDS}, got {backend!r}")
     if q.shape[1] < STEP_MAX_T:
+        if not _metal.enabled("gdn_step"):
+            return gdn_reference(q, k, v, g, beta, state)
         return gdn_step(q, k, v, g, beta, state, backend=backend)
+    if not (_metal.enabled("gdn_chunk_prep") and _metal.enabled("gdn_chunk_scan")):
+        return gdn_chunked(q, k, v, g, beta, state)
     return gdn_chunk(q, k, v, g, beta, state, backend=backend)
 
 
 def decode_backend(Dk: int, conv_kernel: int) -> str | None:
     """The backend gdn_decode runs on here ("metal" | "cuda"), or None (no GPU kernel backend, or a shape
     it does not take): the caller then runs the mixer in MLX ops."""
-    if not step_supported(Dk) or conv_kernel < 2 or NT_DECODE % step_lanes(Dk):
+    if not step_supported(Dk) or conv_kernel < 2 or NT_DECODE % step_lanes(Dk) or not _metal.enabled("gdn_decode"):
         return None
     return gpu_backend()
 
@@ -227,7 +231,7 @@ def gdn_decode(proj, conv, conv_w, A_log, dt_bias, norm_w, state, eps: float, *,
 
 def conv_backend(Dk: int, Dv: int, conv_kernel: int) -> str | None:
     """The backend gdn_conv runs on here, or None (no GPU kernel backend, or a shape it does not take)."""
-    if Dk % 4 or Dv % 4 or max(Dk, Dv) > 512 or conv_kernel < 2:
+    if Dk % 4 or Dv % 4 or max(Dk, Dv) > 512 or conv_kernel < 2 or not _metal.enabled("gdn_conv"):
         return None
     return gpu_backend()
 

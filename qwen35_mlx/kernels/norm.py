@@ -31,7 +31,7 @@ def rms_norm(x, weight, eps: float, residual=None, *, backend: str | None = "aut
     backend = gpu_backend() if backend == "auto" else backend
     H = x.shape[-1]
     mixed = residual is not None and (residual.dtype != x.dtype or residual.shape != x.shape)
-    if backend is None or not kernel_supported(H) or x.size == 0 or mixed:
+    if backend is None or not kernel_supported(H) or x.size == 0 or mixed or not _metal.enabled("rms_norm"):
         if residual is not None:
             x = residual + x
         y = mx.fast.rms_norm(x, weight, eps).astype(x.dtype)
