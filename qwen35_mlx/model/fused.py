@@ -67,7 +67,7 @@ class Projections:
     def valid(self, modules) -> bool:
         """Still these layers (not replaced, e.g. by quantization) with these weights (not reloaded)."""
         return len(modules) == len(self.modules) and all(
-            m is o and m.weight is w for m, o, w in zip(modules, self.modules, self.weights))
+            m is o and dict.get(m, "weight") is w for m, o, w in zip(modules, self.modules, self.weights))
 
     def joined(self, x):
         """The outputs concatenated on the last axis (no copy when all layers share one matmul)."""
@@ -91,8 +91,9 @@ class DecodeFusion:
     _fused = None
 
     def ensure_fused(self) -> bool:
-        """Build the fused decode projections, or rebuild them if the weights were replaced; True if built."""
-        modules = [getattr(self, n) for n in self.FUSE]
+        """Build the fused decode projections, or rebuild them if the weights were replaced; True if built.
+        Runs on every decode step: plain dict lookups (modules are dicts), not nn.Module attribute access."""
+        modules = [dict.get(self, n) for n in self.FUSE]
         if self._fused is not None and self._fused.valid(modules):
             return False
         self._fused = Projections(modules)

@@ -12,6 +12,7 @@ from ..cache import ModelCache
 from ..config import Qwen35Config, TextConfig
 from ..errors import PromptError
 from .attention import Attention
+from .fused import DecodeFusion
 from .gated_deltanet import GatedDeltaNet
 from .mlp import MLP
 from .moe import SparseMoe
@@ -65,8 +66,12 @@ class DecoderLayer(nn.Module):
     def ensure_fused(self):
         """Fused decode projections, built on the first decode step; when weights were replaced since, they
         are rebuilt and the compiled steps (which captured the old weights) dropped."""
-        parts = [self.linear_attn if self.is_linear else self.self_attn, self.mlp]
-        if any([p.ensure_fused() for p in parts if hasattr(p, "ensure_fused")]):   # not SparseMoe
+        mixer = dict.get(self, "linear_attn" if self.is_linear else "self_attn")
+        rebuilt = mixer.ensure_fused()
+        mlp = dict.get(self, "mlp")
+        if isinstance(mlp, DecodeFusion):                                           # not SparseMoe
+            rebuilt = mlp.ensure_fused() or rebuilt
+        if rebuilt:
             self._compiled = _Compiled()
 
     def __call__(self, x, rope, positions, attn_mask, gdn_mask, cache):
