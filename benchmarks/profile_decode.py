@@ -91,8 +91,8 @@ def main(argv=None):
     layer = lm.layers[0]
     if layer._compiled.step is None:
         layer._compiled.step = mx.compile(layer.linear_step)
-    say("GDN decoder layer step (compiled)", per_call(layer._compiled.step, (x, gc.conv, gc.state), n))
-    say("GDN decoder layer step (uncompiled)", per_call(layer.linear_step, (x, gc.conv, gc.state), n))
+    say("GDN decoder layer step (compiled)", per_call(layer._compiled.step, (x, x, gc.conv, gc.state), n))
+    say("GDN decoder layer step (uncompiled)", per_call(layer.linear_step, (x, x, gc.conv, gc.state), n))
     say("GDN mixer step (uncompiled)", per_call(lambda x, c, s: a.mix(x, c, s), (x, gc.conv, gc.state), n))
     say("MLP", per_call(lambda x: (layer.mlp(x),), (x,), n))
 

@@ -60,8 +60,8 @@ def main(argv=None):
     say(f"whole forward, last-token logits   {tm(lambda: model(ids, cache=model.make_cache(), last_only=True)):8.3f} ms")
     say(f"whole forward, all logits          {tm(lambda: model(ids, cache=model.make_cache())):8.3f} ms")
     say(f"lm_head over {T} tokens            {tm(lambda: model.logits(x)):8.3f} ms")
-    say(f"GDN decoder layer                  {tm(lambda: gdn_layer(x, model.rope, 0, 'causal', None, None)):8.3f} ms")
-    say(f"attention decoder layer            {tm(lambda: attn_layer(x, model.rope, 0, 'causal', None, None)):8.3f} ms")
+    say(f"GDN decoder layer                  {tm(lambda: gdn_layer(x, x, model.rope, 0, 'causal', None, None)):8.3f} ms")
+    say(f"attention decoder layer            {tm(lambda: attn_layer(x, x, model.rope, 0, 'causal', None, None)):8.3f} ms")
     say(f"MLP                                {tm(lambda: gdn_layer.mlp(x)):8.3f} ms")
     say(f"RMSNorm (fp32 weight)              {tm(lambda: gdn_layer.input_layernorm(x)):8.3f} ms")
     say(f"residual add + RMSNorm             {tm(lambda: gdn_layer.post_attention_layernorm.residual(x, x)):8.3f} ms")
@@ -108,7 +108,7 @@ def main(argv=None):
         return out
 
     def attn_at():
-        out = attn_layer(x, model.rope, args.context, "causal", None, attn_cache)
+        out = attn_layer(x, x, model.rope, args.context, "causal", None, attn_cache)
         mx.eval(out)
         attn_cache.trim(T)
         return out
@@ -129,7 +129,7 @@ def main(argv=None):
     say(f"whole decode step                  {tm(step, 50):8.3f} ms")
     x1 = x[:, :1]
     gc = cache[0]
-    say(f"GDN layer step (compiled)          {tm(lambda: gdn_layer(x1, model.rope, args.context, None, None, gc), 50):8.3f} ms")
+    say(f"GDN layer step (compiled)          {tm(lambda: gdn_layer(x1, x1, model.rope, args.context, None, None, gc), 50):8.3f} ms")
     say(f"lm_head, one token                 {tm(lambda: model.logits(x1), 50):8.3f} ms")
     say(f"GDN mixer step (uncompiled)        {tm(lambda: a.mix(x1, gc.conv, gc.state), 50):8.3f} ms")
     st = gc.state

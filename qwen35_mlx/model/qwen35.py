@@ -42,26 +42,42 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self._compiled = _Compiled()
 
-    def _attention_step(self, x, rope, offset, cache):
+    # The residual stream travels between layers as a pair (x, h) whose sum is the stream: each layer's
+    # first norm makes the sum (one launch for add + norm on a GPU) and its MLP output h is left for the next
+    # layer (the final norm) to add. h is None before the first layer. Same roundings as x + h then norm.
+
+    def _attention_step(self, x, h, rope, offset, cache):
         """decode: compiled projections before and output + MLP after the (growing) KV cache."""
         c = self._compiled
         if c.project is None:
             attn = self.self_attn
-            c.project = mx.compile(lambda x, off: attn.project(self.input_layernorm(x), rope, off))
-            c.finish = mx.compile(lambda x, out, gate: self._mlp_residual(x, attn.finish(out, gate)))
-        project, finish = c.project, c.finish
-        q, k, v, gate = project(x, mx.array(offset, mx.int32))
+
+            def project(x, h, off):
+                n, x = self._norm_in(x, h)
+                return x, *attn.project(n, rope, off)
+            c.project = mx.compile(project)
+            c.finish = mx.compile(lambda x, out, gate: self._mlp_block(x, attn.finish(out, gate)))
+        x, q, k, v, gate = c.project(x, h, mx.array(offset, mx.int32))
         k, v = cache.update_and_fetch(k, v)
-        return finish(x, self.self_attn.attend(q, k, v, None, cache), gate)
+        return c.finish(x, self.self_attn.attend(q, k, v, None, cache), gate)
 
-    def _mlp_residual(self, x, h):
-        """The residual add of the mixer output h, then the MLP block with its own residual."""
-        n, x = self.post_attention_layernorm.residual(x, h)
-        return x + self.mlp(n)
+    def _norm_in(self, x, h):
+        """(input norm of the stream, the stream) for the stream x + h (h None: x)."""
+        if h is None:
+            return self.input_layernorm(x), x
+        return self.input_layernorm.residual(x, h)
 
-    def linear_step(self, x, conv, state):
-        h, conv, state = self.linear_attn.mix(self.input_layernorm(x), conv, state)
-        return self._mlp_residual(x, h), conv, state
+    def _mlp_block(self, x, out):
+        """The residual add of the mixer output, then the MLP: -> (stream, MLP output), the pair the next
+        layer adds."""
+        n, x = self.post_attention_layernorm.residual(x, out)
+        return x, self.mlp(n)
+
+    def linear_step(self, x, h, conv, state):
+        """decode, one GDN layer: (x, h, conv history, state) -> (x, h, new conv history, new state)."""
+        n, x = self._norm_in(x, h)
+        out, conv, state = self.linear_attn.mix(n, conv, state)
+        return *self._mlp_block(x, out), conv, state
 
     def ensure_fused(self):
         """Fused decode projections, built on the first decode step; when weights were replaced since, they
@@ -74,7 +90,8 @@ class DecoderLayer(nn.Module):
         if rebuilt:
             self._compiled = _Compiled()
 
-    def __call__(self, x, rope, positions, attn_mask, gdn_mask, cache):
+    def __call__(self, x, h, rope, positions, attn_mask, gdn_mask, cache):
+        """The stream as the pair (x, h) (see above) in and out."""
         if x.shape[1] == 1:
             self.ensure_fused()
         if self.is_linear and cache is not None and cache.state is not None and x.shape[1] == 1 \
@@ -82,17 +99,17 @@ class DecoderLayer(nn.Module):
             # decode: the whole layer as one compiled graph (a few fused kernels instead of ~60 ops)
             if self._compiled.step is None:
                 self._compiled.step = mx.compile(self.linear_step)
-            x, cache.conv, cache.state = self._compiled.step(x, cache.conv, cache.state)
-            return x
+            x, h, cache.conv, cache.state = self._compiled.step(x, h, cache.conv, cache.state)
+            return x, h
         if not self.is_linear and cache is not None and x.shape[1] == 1 and attn_mask is None \
                 and isinstance(positions, int):
-            return self._attention_step(x, rope, positions, cache)
-        h = self.input_layernorm(x)
+            return self._attention_step(x, h, rope, positions, cache)
+        n, x = self._norm_in(x, h)
         if self.is_linear:
-            h = self.linear_attn(h, gdn_mask, cache)
+            out = self.linear_attn(n, gdn_mask, cache)
         else:
-            h = self.self_attn(h, rope, positions, attn_mask, cache)
-        return self._mlp_residual(x, h)
+            out = self.self_attn(n, rope, positions, attn_mask, cache)
+        return self._mlp_block(x, out)
 
 
 class TextModel(nn.Module):
@@ -201,15 +218,15 @@ class Qwen35Model(nn.Module):
         positions = position_ids if position_ids is not None else self.positions(full, cache, T)
         attn_mask = self._attention_mask(full, T, offset)
         gdn_mask = None if full is None else full[:, -T:]
-        h = inputs_embeds
+        x, h = inputs_embeds, None
         caches = cache if cache is not None else [None] * len(lm.layers)
         for layer, c in zip(lm.layers, caches):
-            h = layer(h, self.rope, positions, attn_mask, gdn_mask, c)
+            x, h = layer(x, h, self.rope, positions, attn_mask, gdn_mask, c)
             if T >= EVAL_LAYERS_T and not layer.is_linear:
-                mx.eval(h)          # a GPU frees a graph's buffers when the graph completes: bound what is in flight
+                mx.eval(x, h)       # a GPU frees a graph's buffers when the graph completes: bound what is in flight
         if cache is not None:
             cache.offset += T
-        return lm.norm(h)
+        return lm.norm.residual(x, h)[0]
 
     @staticmethod
     def _full_mask(attention_mask, B, T, offset):
