@@ -5,9 +5,9 @@ mx.eval, then both), plain and inside one mx.compile'd function of 8 ops.
 
     python benchmarks/bench_launch.py [--n 512] [--hidden 1024]
 
-Rows: a builtin elementwise op; mx.fast.rms_norm; a trivial custom kernel (y = x * c) with no header and
-with metal/common.h as its header (MLX builds and hashes a custom kernel's whole source on each launch);
-our rms_norm kernel (kernels/norm.py) with and without the residual add.
+Rows: a builtin elementwise op; mx.fast.rms_norm; a trivial custom kernel (y = x * c) with no header, with
+the header our simple kernels get and with the header of the tile kernels (MLX builds and hashes a custom
+kernel's whole source on each launch); our rms_norm kernel (kernels/norm.py) with and without the residual add.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from qwen35_mlx.kernels import _metal, norm  # noqa: E402
 from qwen35_mlx.kernels.gdn import gpu_backend  # noqa: E402
 
 TRIVIAL = {
-    "cuda": "uint i = blockIdx.x * blockDim.x + threadIdx.x; if (i < x_shape[1]) y[i] = x[i] * T(1.0001f);",
+    "cuda": "unsigned i = blockIdx.x * blockDim.x + threadIdx.x; if (i < x_shape[1]) y[i] = x[i] * T(1.0001f);",
     "metal": "uint i = thread_position_in_grid.x; if (i < x_shape[1]) y[i] = x[i] * T(1.0001f);",
 }
 
@@ -75,13 +75,17 @@ def main():
     x = mx.random.normal((1, H)).astype(mx.bfloat16)
     w = (1 + 0.1 * mx.random.normal((H,))).astype(mx.float32)
     wb = w.astype(mx.bfloat16)
-    header = _metal.read_source("common.h")
+    small = _metal.kernel_source("rms_norm", backend)[0]
+    tiled = _metal.kernel_source("gdn_chunk_scan", backend)[0]
+    unstripped = "".join(_metal.read_source(f) for f in (f"portable_{backend}.h", f"tiles_{backend}.h", "tiles.h"))
     ops = {
         "builtin elementwise (x * c)": lambda y: y * 1.0001,
         "mx.fast.rms_norm (bf16 weight)": lambda y: mx.fast.rms_norm(y, wb, eps),
         "mx.fast.rms_norm, fp32 weight, cast": lambda y: mx.fast.rms_norm(y, w, eps).astype(y.dtype),
         "custom kernel, no header": trivial_kernel(backend, ""),
-        f"custom kernel, common.h header ({len(header)} B)": trivial_kernel(backend, header),
+        f"custom kernel, simple kernels' header ({len(small)} B)": trivial_kernel(backend, small),
+        f"custom kernel, tile kernels' header ({len(tiled)} B)": trivial_kernel(backend, tiled),
+        f"custom kernel, same unstripped ({len(unstripped)} B)": trivial_kernel(backend, unstripped),
         "rms_norm kernel": lambda y: norm.rms_norm(y, w, eps, backend=backend),
         "rms_norm kernel + residual add": lambda y: norm.rms_norm(y, w, eps, residual=y, backend=backend)[0],
         "add + mx.fast.rms_norm + cast (MLX ops)":

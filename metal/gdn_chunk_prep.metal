@@ -12,12 +12,12 @@ constexpr int LD = C + 4;                      // M row stride: fragment rows la
 constexpr int RP = C / 16;                     // 16-row pairs of a chunk
 constexpr int NLOW = RP * (RP + 1);            // 16x8 tiles of C x C on or below the diagonal
 constexpr int LPS = (NLOW + NSG - 1) / NSG;    // of those, per simdgroup
-constexpr int KGI = 8 / int(sizeof(InT));      // k-steps per 16-byte load of InT (common.h, load_a)
+constexpr int KGI = 8 / int(sizeof(InT));      // k-steps per 16-byte load of InT (tiles_cuda.h, load_a)
 constexpr int VW = 16 / int(sizeof(InT));      // InT elements per 16-byte load
 constexpr int VS = 32;                         // [v | k] columns per slice in step 4
 constexpr int LDV = VS + 4;
 constexpr int NCOL = Dv + Dk;
-constexpr int MP = PREC == 0 ? 2 : PREC;       // step 4's operands are made with opnd<PREC> (common.h)
+constexpr int MP = PREC == 0 ? 2 : PREC;       // step 4's operands are made with opnd<PREC> (tiles_cuda.h)
 const int n_tok = meta[0];
 const int N = meta[1];
 const int n = int(tgid.x);
@@ -53,7 +53,7 @@ if (int(tid) < C) {
 }
 
 // 2. K K^T and Q K^T on the lower-triangle tiles, operands straight from device memory in 16-byte loads
-//    (k permuted, common.h); both products share the K^T operand.
+//    (k permuted, tiles_cuda.h); both products share the K^T operand.
 frag_c kk[LPS];
 frag_c qk[LPS];
 UNROLL for (int i = 0; i < LPS; ++i) {
@@ -115,7 +115,7 @@ BARRIER();
 
 // 4. [U | W] = T diag(beta) [V | e^G K] over column slices of [v | k] staged in X. Each simdgroup takes
 //    one 8-column tile and all row pairs; T is lower triangular, so k-steps stop at the diagonal.
-//    The next slice is loaded (raw words, common.h) while this one is multiplied.
+//    The next slice is loaded (raw words, portable_cuda.h) while this one is multiplied.
 constexpr int SPT = (C * (VS / VW) + NT - 1) / NT;   // 16-byte loads per thread per slice
 uint xw[SPT][4];
 for (int s = -VS; s < NCOL; s += VS) {                // stores slice s, loads slice s + VS, multiplies slice s

@@ -9,7 +9,7 @@
 // Two threadgroup barriers per chunk. h lives in registers (accumulator tiles, rows in row_perm order) and in
 // hS (operand tiles, natural order).
 // All global operands of a chunk are loaded into registers a chunk ahead, as raw words where they need unpacking
-// (common.h, rload): no load waits where it is issued.
+// (tiles_cuda.h, rload): no load waits where it is issued.
 constexpr int NSG = NT / 32;
 constexpr int LDH = BV + 9;                       // hS row stride (= 1 mod 8): phase-A operand reads hit 32 banks
 constexpr int LDU = (BV / 8) % 2 ? BV : BV + 8;   // uS row stride: phase-D operand reads avoid bank conflicts
@@ -23,7 +23,7 @@ constexpr int HPW = (RPH + NSG - 1) / NSG;        // state row pairs per simdgro
 constexpr int KGA = 4;                            // k-steps per wide load: phase A (W, q) ...
 constexpr int KGB = 2;                            // ... and phase B (Aqk)
 constexpr int WK = 2 * int(sizeof(InT)) / 4;      // words of a key pair (phase D operand)
-constexpr int MP = PREC == 0 ? 2 : PREC;          // operands are made with opnd<PREC> (common.h), then taken as they are
+constexpr int MP = PREC == 0 ? 2 : PREC;          // operands are made with opnd<PREC> (tiles_cuda.h), then taken as they are
 const int n_tok = meta[0];
 const int N = meta[1];
 const int v0 = int(tgid.x) * BV;
@@ -116,7 +116,7 @@ for (int n = -1; n < N; ++n) {
         }
       }
     }
-    // next chunk's phase-A operands: W or q rows in 16-byte (or wider) loads, k permuted (common.h)
+    // next chunk's phase-A operands: W or q rows in 16-byte (or wider) loads, k permuted (tiles_cuda.h)
     if (nl < N && f < RPC) {
       UNROLL for (int gi = 0; gi < KSK / KGA; ++gi) {
         load_a_raw<KGA>(rA[i][gi], W + (cidl * C + 16 * f) * Dk + 8 * KGA * gi, Dk, 16, lane);

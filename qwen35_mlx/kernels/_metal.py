@@ -1,11 +1,17 @@
 """Kernel sources in metal/, built once per backend: Metal through mx.fast.metal_kernel, CUDA through
-mx.fast.cuda_kernel. Both compile the same body with metal/common.h as the header; a short prologue binds
-the thread indices the body uses (tid, lane, sg, tgid) and, on CUDA, Metal's address-space words."""
+mx.fast.cuda_kernel. Both compile the same body; the header is the backend's half of the portability layer
+(portable_<backend>.h, plus tiles_<backend>.h and tiles.h for kernels that multiply tiles), and a short prologue
+binds the thread indices the body uses (tid, lane, sg, tgid) and, on CUDA, Metal's address-space words.
+
+MLX builds and hashes a custom kernel's whole source on every launch (CUDA: CustomKernel::eval_gpu), and decode
+is bound by per-launch host cost: so each backend gets only its own half, and comments and indentation are
+stripped (newlines kept, so compiler messages keep their line numbers)."""
 
 from __future__ import annotations
 
 import importlib.resources
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -72,9 +78,33 @@ def read_source(name: str) -> str:
         return (_REPO_METAL / name).read_text()
 
 
+TILED = ("gdn_chunk_prep", "gdn_chunk_scan")   # kernels that multiply tiles (frag_a/b/c, mma)
+
+
 def kernel_source(name: str, backend: str) -> tuple[str, str]:
     """(header, body) exactly as handed to the backend's kernel factory."""
-    return read_source("common.h"), PROLOGUE[backend] + read_source(f"{name}.metal")
+    parts = [f"portable_{backend}.h"] + ([f"tiles_{backend}.h", "tiles.h"] if name in TILED else [])
+    return _header(tuple(read_source(p) for p in parts)), _body(backend, read_source(f"{name}.metal"))
+
+
+# Keyed by the source texts (read once, so their hashes are cached): a launch finds its stripped text in a
+# dict lookup, and a test that swaps a source (a planted bug) gets the swapped one.
+@lru_cache(maxsize=None)
+def _header(texts: tuple) -> str:
+    return "".join(_strip(t) + "\n" for t in texts)
+
+
+@lru_cache(maxsize=None)
+def _body(backend: str, text: str) -> str:
+    return _strip(PROLOGUE[backend] + text)
+
+
+_COMMENT = re.compile(r"//.*$")
+
+
+def _strip(text: str) -> str:
+    """Comments and indentation out, line breaks kept."""
+    return "\n".join(_COMMENT.sub("", line).strip() for line in text.split("\n"))
 
 
 @lru_cache(maxsize=None)

@@ -1,0 +1,64 @@
+// Portability layer, CUDA half (the Metal half: portable_metal.h, same names). One kernel body runs as Metal
+// (mx.fast.metal_kernel) and as CUDA (mx.fast.cuda_kernel). Bodies are written in Metal's dialect (device /
+// threadgroup / thread address spaces). The driver (qwen35_mlx/kernels/_metal.py) passes this file (plus, for
+// kernels that multiply tiles, tiles_cuda.h and tiles.h) as the kernel header and prepends a short backend
+// prologue to each body that binds tid (thread in threadgroup), lane, sg (simdgroup / warp index) and tgid
+// (threadgroup position in grid, uint3); on CUDA it also spells the address spaces (threadgroup -> __shared__,
+// the others -> nothing), kept out of the bodies so that they read as plain Metal.
+// Each backend gets only its own half: MLX hashes a custom kernel's whole source on every launch, and decode
+// is bound by per-launch host cost (benchmarks/bench_launch.py).
+
+#define GDN_CUDA 1
+#define FN __device__ __forceinline__
+#define BARRIER() __syncthreads()
+#define BARRIER_DEVICE() __syncthreads()
+#define UNROLL _Pragma("unroll")
+typedef unsigned int uint;
+
+FN float fexp(float x) { return expf(x); }
+FN float flog(float x) { return logf(x); }
+FN float frsqrt(float x) { return rsqrtf(x); }
+FN float shfl_xor(float x, int m) { return __shfl_xor_sync(0xffffffffu, x, m); }
+
+// Loads keep their 32-bit words as loaded (rload) and unpack them to floats where they are used (runpack):
+// a load issued ahead (a prefetch) then does not wait for its data where it is issued, as a conversion there
+// would make it. N consecutive elements of T, N * sizeof(T) a multiple of 4 bytes, aligned to min(16, that).
+template <typename T> struct tag {};
+FN void unpack_word(uint w, float* o, tag<float>) { o[0] = __uint_as_float(w); }
+FN void unpack_word(uint w, float* o, tag<__nv_bfloat16>) {
+  o[0] = __uint_as_float(w << 16);
+  o[1] = __uint_as_float(w & 0xffff0000u);
+}
+FN void unpack_word(uint w, float* o, tag<__half>) {
+  o[0] = __half2float(__ushort_as_half((unsigned short)(w & 0xffffu)));
+  o[1] = __half2float(__ushort_as_half((unsigned short)(w >> 16)));
+}
+template <int N, typename T>
+FN void rload(uint* w, const T* p) {
+  constexpr int WORDS = N * int(sizeof(T)) / 4;
+  if (WORDS % 4 == 0) {
+    for (int i = 0; i < WORDS / 4; ++i) {
+      const uint4 v = reinterpret_cast<const uint4*>(p)[i];
+      w[4 * i] = v.x; w[4 * i + 1] = v.y; w[4 * i + 2] = v.z; w[4 * i + 3] = v.w;
+    }
+  } else if (WORDS % 2 == 0) {
+    for (int i = 0; i < WORDS / 2; ++i) {
+      const uint2 v = reinterpret_cast<const uint2*>(p)[i];
+      w[2 * i] = v.x; w[2 * i + 1] = v.y;
+    }
+  } else {
+    for (int i = 0; i < WORDS; ++i) w[i] = reinterpret_cast<const uint*>(p)[i];
+  }
+}
+template <int N, typename T>
+FN void runpack(float* out, const uint* w) {
+  for (int i = 0; i < N * int(sizeof(T)) / 4; ++i) unpack_word(w[i], out + (4 / int(sizeof(T))) * i, tag<T>());
+}
+template <int N, typename T>
+FN void vload(float* out, const T* p) {
+  uint w[N * int(sizeof(T)) / 4];
+  rload<N>(w, p);
+  runpack<N, T>(out, w);
+}
+
+FN void vstore2(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = make_float2(a, b); }
