@@ -1,6 +1,7 @@
 """The fused kernels on a GPU backend (CUDA twin, or Metal on a Mac), each against its MLX-ops branch (float32,
 same weights and inputs), and timed fused against unfused at the Qwen3.5-0.8B shapes:
-gdn_decode (a GDN mixer's decode step), gdn_conv (prefill conv / norms / gates), rms_norm (with the residual add).
+gdn_decode (a GDN mixer's decode step), gdn_conv (prefill conv / norms / gates), rms_norm (with the residual add),
+attn_qk (attention's q/k norms and rope in decode).
 (The chunk kernels have their own: bench_gdn.py.)
 
     python benchmarks/check_kernels.py
@@ -23,6 +24,8 @@ from qwen35_mlx.kernels.gdn import gpu_backend  # noqa: E402
 from test_gdn_conv import RUNS, make_run, run_kernel  # noqa: E402
 from test_gdn_conv import SHAPES as CONV_SHAPES  # noqa: E402
 from test_gdn_decode import SHAPES, as_float32, make_layer, make_step  # noqa: E402
+from test_attn_qk import make_attention  # noqa: E402
+from qwen35_mlx.model import attention  # noqa: E402
 
 
 def rel(a, b):
@@ -89,6 +92,29 @@ def check_norm():
               f"{timed(plain):.3f} ms", flush=True)
 
 
+def check_attn_qk():
+    """attn_qk against Attention.project's MLX-ops branch (float32 weights and input for the reference)."""
+    for NQ, NK, D, dt in ((8, 2, 256, mx.float32), (8, 2, 256, mx.bfloat16), (4, 1, 128, mx.bfloat16)):
+        layer, rope = make_attention(NQ, NK, D, 0.25, dt)
+        ref_layer, _ = make_attention(NQ, NK, D, 0.25, mx.float32)
+        layer.ensure_fused()
+        x = mx.array(np.random.default_rng(1).standard_normal((2, 1, 64)).astype(np.float32))
+        pos = mx.array(31000, mx.int32)
+        got = layer.project(x.astype(dt), rope, pos)
+        orig = attention.qk_backend
+        attention.qk_backend = lambda *a: None
+        try:
+            want = ref_layer.project(x, rope, pos)
+            plain = mx.compile(lambda x: layer.project(x, rope, pos))
+            t_plain = timed(lambda: plain(x.astype(dt)))
+        finally:
+            attention.qk_backend = orig
+        fused = mx.compile(lambda x: layer.project(x, rope, pos))
+        print(f"attn_qk NQ {NQ} NK {NK} D {D} {str(dt):14s} q {rel(got[0], want[0]):.1e} k {rel(got[1], want[1]):.1e}"
+              f"  project, compiled: fused {timed(lambda: fused(x.astype(dt))):.3f} ms, MLX ops {t_plain:.3f} ms",
+              flush=True)
+
+
 def per_call(fn, x, conv, state, n=100):
     for _ in range(3):
         mx.eval(fn(x, conv, state))
@@ -103,6 +129,7 @@ def main():
     print(f"device {mx.default_device()}, mlx {mx.__version__}, kernel backend "
           f"{gdn_kernels.decode_backend(128, 4)}", flush=True)
     check_norm()
+    check_attn_qk()
     check_conv()
     for shape, (B, Hk, Hv, Dk, Dv) in SHAPES.items():
         for dt in (mx.float32, mx.bfloat16):

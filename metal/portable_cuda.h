@@ -18,6 +18,8 @@ typedef unsigned int uint;
 FN float fexp(float x) { return expf(x); }
 FN float flog(float x) { return logf(x); }
 FN float frsqrt(float x) { return rsqrtf(x); }
+FN float fcos(float x) { return cosf(x); }
+FN float fsin(float x) { return sinf(x); }
 FN float shfl_xor(float x, int m) { return __shfl_xor_sync(0xffffffffu, x, m); }
 
 // Loads keep their 32-bit words as loaded (rload) and unpack them to floats where they are used (runpack):

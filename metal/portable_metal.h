@@ -16,6 +16,8 @@
 FN float fexp(float x) { return metal::exp(x); }
 FN float flog(float x) { return metal::log(x); }
 FN float frsqrt(float x) { return metal::rsqrt(x); }
+FN float fcos(float x) { return metal::precise::cos(x); }  // rope angles reach ~1e5 rad
+FN float fsin(float x) { return metal::precise::sin(x); }
 FN float shfl_xor(float x, ushort m) { return metal::simd_shuffle_xor(x, m); }
 
 // Words as loaded (rload), unpacked where used (runpack): see the CUDA half.

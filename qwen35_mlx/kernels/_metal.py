@@ -48,6 +48,7 @@ KERNELS = {
     "gdn_conv": (("qkv", "conv_in", "conv_w", "a_in", "b_in", "A_log", "dt_bias", "meta"),
                  ("q", "k", "v", "g", "beta", "conv_out")),
     "rms_norm": (("x", "h", "w", "eps"), ("y", "res")),
+    "attn_qk": (("proj", "qw", "kw", "inv_freq", "pos", "eps"), ("q", "k")),
 }
 
 

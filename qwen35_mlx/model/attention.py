@@ -5,6 +5,7 @@ import mlx.nn as nn
 from mlx_lm.models.base import scaled_dot_product_attention
 
 from ..config import TextConfig
+from ..kernels.attn import attn_qk, qk_backend
 from .fused import DecodeFusion
 from .norms import RMSNorm
 
@@ -43,6 +44,17 @@ class Attention(DecodeFusion, nn.Module):
         """x [B, T, H] -> q [B, heads, T, D], k and v [B, kv_heads, T, D] (normed, rotated), gate."""
         B, T, _ = x.shape
         D = self.head_dim
+        scalar = not isinstance(positions, mx.array) or positions.ndim == 0       # 1-D rope from an offset
+        backend = qk_backend(D, rope.dims) if T == 1 and self._fused is not None and scalar else None
+        if backend:       # decode on a GPU: both norms and ropes in one launch, from the one projection row
+            row = self._fused.joined(x)
+            pos = positions.astype(mx.int32) if isinstance(positions, mx.array) else mx.array(positions, mx.int32)
+            q, k = attn_qk(row, self.q_norm.weight, self.k_norm.weight, rope.inv_freq, pos, self.q_norm.eps,
+                           NQ=self.n_heads, NK=self.n_kv, D=D, rot=rope.dims, backend=backend)
+            nq = 2 * self.n_heads * D
+            gate = row[..., :nq].reshape(B, T, self.n_heads, 2 * D)[..., D:]
+            v = row[..., nq + self.n_kv * D:].reshape(B, T, self.n_kv, D).transpose(0, 2, 1, 3)
+            return q, k, v, gate.reshape(B, T, -1)
         if T == 1 and self._fused is not None:
             q, k, v = self._fused(x)
         else:

@@ -232,11 +232,16 @@ def cuda_text(name, in_types, out_types, template):
     header (MLX's device utilities, not installed here) reduced to the CUDA headers it includes."""
     header, body = _metal.kernel_source(name, "cuda")
     ins, outs = _metal.KERNELS[name]
-    params = [f"    const {CUDA_TYPES[t]}* {n}" for n, t in zip(ins, in_types)]
+    params = []
+    for n, t in zip(ins, in_types):
+        params.append(f"    const {CUDA_TYPES[t]}* {n}")
+        if f"{n}_shape" in body:                                      # MLX passes the shape by value
+            params.append(f"    const __grid_constant__ Shape {n}_shape")
     params += [f"    {CUDA_TYPES[t]}* {n}" for n, t in zip(outs, out_types)]
     consts = "".join(f"  constexpr {'bool' if isinstance(v, bool) else 'int'} {k} = {str(v).lower()};\n"
                      if isinstance(v, (bool, int)) else f"  using {k} = {CUDA_TYPES[v]};\n" for k, v in template)
     return ("#include <cuda_bf16.h>\n#include <cuda_fp16.h>\n#include <cooperative_groups.h>\n#include <cstdint>\n"
+            "#include <cuda/std/array>\nusing Shape = cuda::std::array<int32_t, 8>;\n"
             + header + "namespace mlx::core::cu {\n\nnamespace cg = cooperative_groups;\n\n"
             + f"__global__ void custom_kernel_{name}(\n" + ",\n".join(params) + ") {\n" + consts + "\n"
             + body + "\n}\n\n} // namespace mlx::core::cu\n")
@@ -255,6 +260,8 @@ def test_cuda_twin_compiles(tmp_path, dt):
         "gdn_decode": ([dt] * 3 + [f32] * 2 + [dt] + [f32] * 2, [dt, dt, f32], shape + [("K", 4), ("L", 4), ("NT", 128)]),
         "gdn_conv": ([dt] * 5 + [f32] * 2 + [i32], [dt] * 3 + [f32] * 2 + [dt], shape + [("K", 4), ("TPG", 16)]),
         "rms_norm": ([dt, dt, f32, f32], [dt, dt], [("InT", dt), ("H", 1024), ("NT", 256), ("ADD", True)]),
+        "attn_qk": ([dt, f32, f32, f32, i32, f32], [dt, dt],
+                    [("InT", dt), ("D", 256), ("NQ", 8), ("NK", 2), ("ROT", 64), ("NT", 64)]),
     }
     for name, (ins, outs, template) in kernels.items():
         src = tmp_path / f"{name}.cu"

@@ -148,15 +148,20 @@ def test_planted_bug_is_caught(metal_on_cpu, monkeypatch, bug):
 
 # ---- the whole model on the kernel path ------------------------------------------------------------
 
-def test_model_on_kernel_path_matches_transformers(metal_on_cpu, dense_text_path):
-    """Prefill through the chunk kernels, decode through gdn_decode (Metal source on the emulator)."""
+def test_model_on_kernel_path_matches_transformers(metal_on_cpu, dense_text_path, monkeypatch):
+    """Prefill through the chunk kernels, decode through gdn_decode and attn_qk, every norm through rms_norm
+    (Metal source on the emulator)."""
     model, _ = load(dense_text_path, dtype="float32")
     hf = load_hf(dense_text_path)
+    launched = set()
+    real = _metal.kernel
+    monkeypatch.setattr(_metal, "kernel", lambda name, backend: launched.add(name) or real(name, backend))
     mx.disable_compile()                  # the emulator runs kernels eagerly, not inside compiled graphs
     try:
         _decode_against_transformers(model, hf)
     finally:
         mx.enable_compile()
+    assert launched == {"gdn_chunk_prep", "gdn_chunk_scan", "gdn_conv", "gdn_decode", "rms_norm", "attn_qk"}, launched
 
 
 def _decode_against_transformers(model, hf):
