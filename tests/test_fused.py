@@ -8,7 +8,7 @@ from helpers import assert_rel_close
 from qwen35_mlx import load
 from qwen35_mlx.memory import weight_bytes
 from qwen35_mlx.model.fused import FusedLinear
-from qwen35_mlx.model.qwen35 import DecoderLayer
+from qwen35_mlx.model.qwen35 import Qwen35Model
 from qwen35_mlx.quantize import quantize_model
 
 
@@ -31,7 +31,7 @@ def test_fused_equals_separate_and_adds_no_memory(dense_text_path, monkeypatch):
     gdn = model.layers[0].linear_attn._fused
     assert [type(p) for p in gdn.parts] == [FusedLinear]                 # four projections, one matmul
     assert weight_bytes(model) == before
-    monkeypatch.setattr(DecoderLayer, "ensure_fused", lambda self: None)
+    monkeypatch.setattr(Qwen35Model, "ensure_fused", lambda self: None)
     separate, _ = load(dense_text_path, dtype="float32")
     assert_rel_close(fused, decode_logits(separate), 1e-5, "fused vs separate projections")
 
@@ -48,3 +48,18 @@ def test_quantized_groups_and_refuse_after_quantizing(dense_text_path):
     fresh, _ = load(dense_text_path, dtype="float32")
     quantize_model(fresh, bits=8, group_size=32)
     np.testing.assert_array_equal(np.array(after), np.array(decode_logits(fresh)))
+
+
+def test_reloaded_weights_are_refused(dense_text_path):
+    """Decode, then load other weights into the same model: the next decode runs the new weights (the one-pass
+    identity check per step notices), exactly as a model loaded with them."""
+    from mlx.utils import tree_flatten
+    model, _ = load(dense_text_path, dtype="float32")
+    decode_logits(model)
+    other, _ = load(dense_text_path, dtype="float32")
+    rng = np.random.default_rng(7)
+    new = [(k, v + mx.array(rng.standard_normal(v.shape).astype(np.float32)) * 0.02)
+           for k, v in tree_flatten(other.parameters())]
+    other.load_weights(new)
+    model.load_weights(new)
+    np.testing.assert_array_equal(np.array(decode_logits(model)), np.array(decode_logits(other)))

@@ -91,10 +91,14 @@ class DecodeFusion:
     _fused = None
 
     def ensure_fused(self) -> bool:
-        """Build the fused decode projections, or rebuild them if the weights were replaced; True if built.
-        Runs on every decode step: plain dict lookups (modules are dicts), not nn.Module attribute access."""
+        """Build the fused decode projections, or rebuild them if the weights were replaced; True if built."""
         modules = [dict.get(self, n) for n in self.FUSE]
         if self._fused is not None and self._fused.valid(modules):
             return False
         self._fused = Projections(modules)
         return True
+
+    def fused_checks(self) -> list:
+        """(owner, name, module, weight) for each fused layer: the fusion is current while every owner still
+        holds that module under that name and the module that weight (see Qwen35Model.ensure_fused)."""
+        return [(self, n, m, m.weight) for n, m in zip(self.FUSE, self._fused.modules)]

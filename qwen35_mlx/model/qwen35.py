@@ -79,21 +79,24 @@ class DecoderLayer(nn.Module):
         out, conv, state = self.linear_attn.mix(n, conv, state)
         return *self._mlp_block(x, out), conv, state
 
-    def ensure_fused(self):
+    def ensure_fused(self) -> list:
         """Fused decode projections, built on the first decode step; when weights were replaced since, they
-        are rebuilt and the compiled steps (which captured the old weights) dropped."""
-        mixer = dict.get(self, "linear_attn" if self.is_linear else "self_attn")
-        rebuilt = mixer.ensure_fused()
-        mlp = dict.get(self, "mlp")
-        if isinstance(mlp, DecodeFusion):                                           # not SparseMoe
-            rebuilt = mlp.ensure_fused() or rebuilt
+        are rebuilt and the compiled steps (which captured the old weights) dropped. Returns the identity
+        checks that say this is still current (DecodeFusion.fused_checks, plus the mixer and MLP themselves)."""
+        rebuilt, checks = False, []
+        for name in ("linear_attn" if self.is_linear else "self_attn", "mlp"):
+            part = dict.get(self, name)
+            checks.append((self, name, part, None))
+            if isinstance(part, DecodeFusion):                                      # not SparseMoe
+                rebuilt = part.ensure_fused() or rebuilt
+                checks += part.fused_checks()
         if rebuilt:
             self._compiled = _Compiled()
+        return checks
 
     def __call__(self, x, h, rope, positions, attn_mask, gdn_mask, cache):
-        """The stream as the pair (x, h) (see above) in and out."""
-        if x.shape[1] == 1:
-            self.ensure_fused()
+        """The stream as the pair (x, h) (see above) in and out. Decode runs fused projections once
+        ensure_fused has built them (Qwen35Model calls it), separate ones before."""
         if self.is_linear and cache is not None and cache.state is not None and x.shape[1] == 1 \
                 and gdn_mask is None:
             # decode: the whole layer as one compiled graph (a few fused kernels instead of ~60 ops)
@@ -218,6 +221,8 @@ class Qwen35Model(nn.Module):
         positions = position_ids if position_ids is not None else self.positions(full, cache, T)
         attn_mask = self._attention_mask(full, T, offset)
         gdn_mask = None if full is None else full[:, -T:]
+        if T == 1:
+            self.ensure_fused()
         x, h = inputs_embeds, None
         caches = cache if cache is not None else [None] * len(lm.layers)
         for layer, c in zip(lm.layers, caches):
@@ -227,6 +232,16 @@ class Qwen35Model(nn.Module):
         if cache is not None:
             cache.offset += T
         return lm.norm.residual(x, h)[0]
+
+    def ensure_fused(self):
+        """Every layer's fused decode projections current, checked in one pass over identities on each decode
+        step (weights reloaded or layers quantized since the last step: the layers rebuild what changed)."""
+        state = self.__dict__.get("_fused_state")                 # (layers, checks), outside the module tree
+        layers = self.layers
+        if state is not None and len(state[0]) == len(layers) and all(a is b for a, b in zip(state[0], layers)) \
+                and all(dict.get(o, n) is m and (w is None or dict.get(m, "weight") is w) for o, n, m, w in state[1]):
+            return
+        self.__dict__["_fused_state"] = (list(layers), [c for layer in layers for c in layer.ensure_fused()])
 
     @staticmethod
     def _full_mask(attention_mask, B, T, offset):
