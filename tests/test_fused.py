@@ -63,3 +63,19 @@ def test_reloaded_weights_are_refused(dense_text_path):
     other.load_weights(new)
     model.load_weights(new)
     np.testing.assert_array_equal(np.array(decode_logits(model)), np.array(decode_logits(other)))
+
+
+def test_segmented_decode_equals_layer_by_layer(dense_text_path, monkeypatch):
+    """Decode in compiled segments between the attention layers' KV caches (Qwen35Model._decode_step) computes
+    what the layer-by-layer path does, and is what a decode step after a prompt runs."""
+    from qwen35_mlx.cache import ModelCache
+    model, _ = load(dense_text_path, dtype="float32")
+    calls = []
+    real = Qwen35Model._decode_step
+    monkeypatch.setattr(Qwen35Model, "_decode_step", lambda *a: calls.append(1) or real(*a))
+    segmented = decode_logits(model, n=4)
+    assert len(calls) == 4
+    monkeypatch.setattr(ModelCache, "decode_ready", lambda self: False)
+    layered = decode_logits(model, n=4)
+    assert len(calls) == 4
+    assert_rel_close(segmented, layered, 1e-6, "segmented vs layer-by-layer decode")

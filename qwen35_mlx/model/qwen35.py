@@ -50,16 +50,20 @@ class DecoderLayer(nn.Module):
         """decode: compiled projections before and output + MLP after the (growing) KV cache."""
         c = self._compiled
         if c.project is None:
-            attn = self.self_attn
-
-            def project(x, h, off):
-                n, x = self._norm_in(x, h)
-                return x, *attn.project(n, rope, off)
-            c.project = mx.compile(project)
-            c.finish = mx.compile(lambda x, out, gate: self._mlp_block(x, attn.finish(out, gate)))
+            c.project = mx.compile(lambda x, h, off: self.project_step(x, h, rope, off))
+            c.finish = mx.compile(self.finish_step)
         x, q, k, v, gate = c.project(x, h, mx.array(offset, mx.int32))
         k, v = cache.update_and_fetch(k, v)
         return c.finish(x, self.self_attn.attend(q, k, v, None, cache), gate)
+
+    def project_step(self, x, h, rope, off):
+        """decode, attention layer, up to its KV cache: (stream pair, position) -> (stream, q, k, v, gate)."""
+        n, x = self._norm_in(x, h)
+        return x, *self.self_attn.project(n, rope, off)
+
+    def finish_step(self, x, out, gate):
+        """decode, attention layer, after attending: -> the stream pair."""
+        return self._mlp_block(x, self.self_attn.finish(out, gate))
 
     def _norm_in(self, x, h):
         """(input norm of the stream, the stream) for the stream x + h (h None: x)."""
@@ -223,6 +227,10 @@ class Qwen35Model(nn.Module):
         gdn_mask = None if full is None else full[:, -T:]
         if T == 1:
             self.ensure_fused()
+            if cache is not None and full is None and isinstance(positions, int) and cache.decode_ready():
+                x, h = self._decode_step(inputs_embeds, cache, positions)
+                cache.offset += T
+                return lm.norm.residual(x, h)[0]
         x, h = inputs_embeds, None
         caches = cache if cache is not None else [None] * len(lm.layers)
         for layer, c in zip(lm.layers, caches):
@@ -233,6 +241,59 @@ class Qwen35Model(nn.Module):
             cache.offset += T
         return lm.norm.residual(x, h)[0]
 
+    def _decode_step(self, x, cache, position: int):
+        """One token through the stack in segments split at the attention layers' KV caches: a segment is one
+        compiled call running the previous attention layer's output and MLP, the GDN layers in between and the
+        next attention layer's projections (7 compiled calls per token for Qwen3.5's 3:1 layout instead of 30:
+        host time per call is what decode on a GPU pays)."""
+        layers, off = self.layers, mx.array(position, mx.int32)
+        h = out = gate = None
+        for n, (fin, gdn, proj) in enumerate(self._segments()):
+            states = [a for i in gdn for a in (cache[i].conv, cache[i].state)]
+            res = self._segment_fn(n, fin, gdn, proj)(x, h, out, gate, off, *states)
+            for j, i in enumerate(gdn):
+                cache[i].conv, cache[i].state = res[1 + 2 * j], res[2 + 2 * j]
+            x, rest = res[0], res[1 + 2 * len(gdn):]
+            if proj is None:
+                h = rest[0]
+            else:
+                h = None                                             # consumed by the projection's norm
+                q, k, v, gate = rest
+                k, v = cache[proj].update_and_fetch(k, v)
+                out = layers[proj].self_attn.attend(q, k, v, None, cache[proj])
+        return x, h
+
+    def _segments(self) -> list:
+        """[(attention layer finished at the start or None, GDN layers, attention layer projected at the end
+        or None)] covering the stack in order."""
+        segs, fin, gdn = [], None, []
+        for i, layer in enumerate(self.layers):
+            if layer.is_linear:
+                gdn.append(i)
+            else:
+                segs.append((fin, gdn, i))
+                fin, gdn = i, []
+        return segs + [(fin, gdn, None)]
+
+    def _segment_fn(self, n, fin, gdn, proj):
+        fns = self.__dict__.setdefault("_segment_fns", {})      # outside the module tree; reset on re-fusing
+        if n not in fns:
+            layers, rope = self.layers, self.rope
+
+            def segment(x, h, out, gate, off, *states):
+                if fin is not None:
+                    x, h = layers[fin].finish_step(x, out, gate)
+                new = []
+                for j, i in enumerate(gdn):
+                    x, h, conv, state = layers[i].linear_step(x, h, states[2 * j], states[2 * j + 1])
+                    new += [conv, state]
+                if proj is None:
+                    return x, *new, h
+                x, q, k, v, g = layers[proj].project_step(x, h, rope, off)
+                return x, *new, q, k, v, g
+            fns[n] = mx.compile(segment)
+        return fns[n]
+
     def ensure_fused(self):
         """Every layer's fused decode projections current, checked in one pass over identities on each decode
         step (weights reloaded or layers quantized since the last step: the layers rebuild what changed)."""
@@ -242,6 +303,7 @@ class Qwen35Model(nn.Module):
                 and all(dict.get(o, n) is m and (w is None or dict.get(m, "weight") is w) for o, n, m, w in state[1]):
             return
         self.__dict__["_fused_state"] = (list(layers), [c for layer in layers for c in layer.ensure_fused()])
+        self.__dict__["_segment_fns"] = {}                          # they captured the weights they were traced with
 
     @staticmethod
     def _full_mask(attention_mask, B, T, offset):
