@@ -3,8 +3,8 @@
 // threadgroup / thread address spaces). The driver (qwen35_mlx/kernels/_metal.py) passes this file (plus, for
 // kernels that multiply tiles, tiles_cuda.h and tiles.h) as the kernel header and prepends a short backend
 // prologue to each body that binds tid (thread in threadgroup), lane, sg (simdgroup / warp index) and tgid
-// (threadgroup position in grid, uint3); on CUDA it also spells the address spaces (threadgroup -> __shared__,
-// the others -> nothing), kept out of the bodies so that they read as plain Metal.
+// (threadgroup position in grid, uint3); on CUDA it also spells Metal's address spaces (threadgroup ->
+// __shared__, the others -> nothing), so that bodies read as plain Metal.
 // Each backend gets only its own half: MLX hashes a custom kernel's whole source on every launch, and decode
 // is bound by per-launch host cost (benchmarks/bench_launch.py).
 
@@ -14,6 +14,10 @@
 #define BARRIER_DEVICE() __syncthreads()
 #define UNROLL _Pragma("unroll")
 typedef unsigned int uint;
+// Address spaces in shared helpers (tiles.h): Metal's thread / device, nothing on CUDA. (Metal's own words are
+// defined away in the body's prologue, after the CUDA headers, whose __device__ is __location__(device).)
+#define THR
+#define DEV
 
 FN float fexp(float x) { return expf(x); }
 FN float flog(float x) { return logf(x); }

@@ -9,6 +9,8 @@
 #endif
 
 #define FN inline
+#define THR thread  // address spaces in shared helpers (tiles.h)
+#define DEV device
 #define BARRIER() metal::threadgroup_barrier(metal::mem_flags::mem_threadgroup)
 #define BARRIER_DEVICE() \
   metal::threadgroup_barrier(metal::mem_flags::mem_device | metal::mem_flags::mem_threadgroup)

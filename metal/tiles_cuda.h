@@ -29,36 +29,6 @@ FN int fa_e(int h, int s) { return h + 2 * s; }
 FN int fb_q(uint lane, int e) { return int(lane & 3); }
 FN int fb_s(uint lane, int e) { return e; }
 
-// A operand rows from row-major memory, KG k-steps: p at (row 0, first column of the group); rows >= nrows
-// read as zeros. load_a_raw keeps the words (w[h]: the lane's row h), unpack_a makes the fragments.
-template <int KG, typename T>
-FN void load_a_raw(uint (*w)[2 * KG], const T* p, int ld, int nrows, uint lane) {
-  for (int h = 0; h < 2; ++h) {
-    if (fa_r(lane, h) < nrows) {
-      rload<2 * KG>(w[h], p + fa_r(lane, h) * ld + 2 * KG * fa_q(lane));
-    } else {
-      for (int i = 0; i < 2 * KG; ++i) w[h][i] = 0u;
-    }
-  }
-}
-template <int KG, typename T>
-FN void unpack_a(frag_a* a, const uint (*w)[2 * KG]) {
-  for (int h = 0; h < 2; ++h) {
-    float v[2 * KG];
-    runpack<2 * KG, T>(v, w[h]);
-    for (int j = 0; j < KG; ++j) {
-      a[j].x[fa_e(h, 0)] = v[2 * j];
-      a[j].x[fa_e(h, 1)] = v[2 * j + 1];
-    }
-  }
-}
-template <int KG, typename T>
-FN void load_a(frag_a* a, const T* p, int ld, int nrows, uint lane) {
-  uint w[2][2 * KG];
-  load_a_raw<KG>(w, p, ld, nrows, lane);
-  unpack_a<KG, T>(a, w);
-}
-
 // B operand = M^T for row-major M [n][k] in memory, KG k-steps: p at (n 0, first k of the group); n >= nn
 // reads as zeros.
 template <int KG, typename T>

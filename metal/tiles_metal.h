@@ -23,36 +23,6 @@ FN int fb_q(uint lane, int e) { return sg_fm(lane) >> 1; }
 FN int fb_s(uint lane, int e) { return sg_fm(lane) & 1; }
 
 template <int KG, typename T>
-FN void load_a_raw(thread uint (*w)[2 * KG], const device T* p, int ld, int nrows, uint lane) {
-  for (int h = 0; h < 2; ++h) {
-    if (fa_r(lane, h) < nrows) {
-      rload<2 * KG>(w[h], p + fa_r(lane, h) * ld + 2 * KG * fa_q(lane));
-    } else {
-      for (int i = 0; i < 2 * KG; ++i) w[h][i] = 0u;
-    }
-  }
-}
-
-template <int KG, typename T>
-FN void unpack_a(thread frag_a* a, thread const uint (*w)[2 * KG]) {
-  for (int h = 0; h < 2; ++h) {
-    float v[2 * KG];
-    runpack<2 * KG, T>(v, w[h]);
-    for (int j = 0; j < KG; ++j) {
-      a[j].x[fa_e(h, 0)] = v[2 * j];
-      a[j].x[fa_e(h, 1)] = v[2 * j + 1];
-    }
-  }
-}
-
-template <int KG, typename T>
-FN void load_a(thread frag_a* a, const device T* p, int ld, int nrows, uint lane) {
-  uint w[2][2 * KG];
-  load_a_raw<KG>(w, p, ld, nrows, lane);
-  unpack_a<KG, T>(a, w);
-}
-
-template <int KG, typename T>
 FN void load_bt(thread frag_b* b, const device T* p, int ld, int nn, uint lane) {
   for (int j = 0; j < KG; ++j) {
     for (int e = 0; e < 2; ++e) {

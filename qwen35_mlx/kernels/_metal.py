@@ -1,7 +1,8 @@
 """Kernel sources in metal/, built once per backend: Metal through mx.fast.metal_kernel, CUDA through
 mx.fast.cuda_kernel. Both compile the same body; the header is the backend's half of the portability layer
 (portable_<backend>.h, plus tiles_<backend>.h and tiles.h for kernels that multiply tiles), and a short prologue
-binds the thread indices the body uses (tid, lane, sg, tgid) and, on CUDA, Metal's address-space words.
+binds the thread indices the body uses (tid, lane, sg, tgid) and, on CUDA, Metal's address-space words (in the
+body: defined before CUDA's own headers they would break `__device__`, which expands to `__location__(device)`).
 
 MLX builds and hashes a custom kernel's whole source on every launch (CUDA: CustomKernel::eval_gpu), and decode
 is bound by per-launch host cost: so each backend gets only its own half, and comments and indentation are
