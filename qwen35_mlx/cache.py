@@ -7,7 +7,6 @@ snapshots (`snapshot` / `restore`) taken at chunk boundaries; KV caches are simp
 
 from __future__ import annotations
 
-import mlx.core as mx
 from mlx_lm.models.cache import KVCache, QuantizedKVCache
 
 

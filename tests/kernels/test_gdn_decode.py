@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-import metal_emu
+from planted import assert_caught
 from helpers import assert_rel_close, hf_logits, load_hf
 from qwen35_mlx import load
 from qwen35_mlx.kernels import _metal, gdn, gdn_kernels
@@ -136,14 +136,8 @@ def test_planted_bug_is_caught(metal_on_cpu, monkeypatch, bug):
     text, replacement, shape = PLANTED[bug]
     layer = make_layer(*shape, mx.float32, seed=5)
     args = make_step(layer, 2, mx.float32, seed=6)
-    check(layer, *args, monkeypatch, mx.float32, "unmutated")
-    original = _metal.read_source("gdn_decode.metal")
-    assert original.count(text) == 1, f"{bug}: the text to mutate is not (uniquely) in gdn_decode.metal"
-    mutated = original.replace(text, replacement)
-    read = _metal.read_source
-    monkeypatch.setattr(_metal, "read_source", lambda n: mutated if n == "gdn_decode.metal" else read(n))
-    with pytest.raises((AssertionError, metal_emu.MetalEmuError)):
-        check(layer, *args, monkeypatch, mx.float32, bug)
+    assert_caught(monkeypatch, "gdn_decode.metal", text, replacement,
+                  lambda: check(layer, *args, monkeypatch, mx.float32, bug))
 
 
 # ---- the whole model on the kernel path ------------------------------------------------------------
