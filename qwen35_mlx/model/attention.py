@@ -41,7 +41,8 @@ class Attention(DecodeFusion, nn.Module):
         return self.finish(self.attend(q, k, v, mask, cache), gate)
 
     def project(self, x, rope, positions):
-        """x [B, T, H] -> q [B, heads, T, D], k and v [B, kv_heads, T, D] (normed, rotated), gate."""
+        """x [B, T, H] -> q [B, heads, T, D], k and v [B, kv_heads, T, D] (normed, rotated), gate [B, T, heads, D]
+        (a strided view of the projection: finish reads it in place, no copy)."""
         B, T, _ = x.shape
         D = self.head_dim
         scalar = not isinstance(positions, mx.array) or positions.ndim == 0       # 1-D rope from an offset
@@ -54,7 +55,7 @@ class Attention(DecodeFusion, nn.Module):
             nq = 2 * self.n_heads * D
             gate = row[..., :nq].reshape(B, T, self.n_heads, 2 * D)[..., D:]
             v = row[..., nq + self.n_kv * D:].reshape(B, T, self.n_kv, D).transpose(0, 2, 1, 3)
-            return q, k, v, gate.reshape(B, T, -1)
+            return q, k, v, gate
         if T == 1 and self._fused is not None:
             q, k, v = self._fused(x)
         else:
@@ -63,7 +64,7 @@ class Attention(DecodeFusion, nn.Module):
         q = self.q_norm(q).transpose(0, 2, 1, 3)
         k = self.k_norm(k.reshape(B, T, self.n_kv, D)).transpose(0, 2, 1, 3)
         v = v.reshape(B, T, self.n_kv, D).transpose(0, 2, 1, 3)
-        return rope(q, positions), rope(k, positions), v, gate.reshape(B, T, -1)
+        return rope(q, positions), rope(k, positions), v, gate
 
     def attend(self, q, k, v, mask, cache):
         """Attention of q [B, heads, T, D] over the whole cache. MLX has no fused kernel for head dim 256 on a
@@ -95,4 +96,5 @@ class Attention(DecodeFusion, nn.Module):
         return out.transpose(0, 2, 1, 3).reshape(B, T, -1)
 
     def finish(self, out, gate):
-        return self.o_proj(out * mx.sigmoid(gate))
+        """out [B, T, heads * D] (attend's), gate [B, T, heads, D] -> the layer's output."""
+        return self.o_proj((out.reshape(gate.shape) * mx.sigmoid(gate)).reshape(out.shape))
