@@ -89,9 +89,7 @@ def main(argv=None):
     say("gated_delta, T=1 (recurrent kernel)",
         per_call(lambda st: (gated_delta(q, q, v, g, beta, st)[1],), (gc.state,), n))
     layer = lm.layers[0]
-    if layer._compiled.step is None:
-        layer._compiled.step = mx.compile(layer.linear_step)
-    say("GDN decoder layer step (compiled)", per_call(layer._compiled.step, (x, x, gc.conv, gc.state), n))
+    say("GDN decoder layer step (compiled)", per_call(mx.compile(layer.linear_step), (x, x, gc.conv, gc.state), n))
     say("GDN decoder layer step (uncompiled)", per_call(layer.linear_step, (x, x, gc.conv, gc.state), n))
     say("GDN mixer step (uncompiled)", per_call(lambda x, c, s: a.mix(x, c, s), (x, gc.conv, gc.state), n))
     say("MLP", per_call(lambda x: (layer.mlp(x),), (x,), n))

@@ -39,10 +39,6 @@ class ModelCache(list):
         self.rope_delta = 0
         self.kv_bits = kv_bits
 
-    def decode_ready(self) -> bool:
-        """Every GDN layer holds a state (a prompt went through): decode can run the compiled segments."""
-        return all(c.state is not None and c.conv is not None for c in self if isinstance(c, GDNCache))
-
     @property
     def nbytes(self) -> dict:
         kv = sum(c.nbytes for c in self if not isinstance(c, GDNCache) and c.keys is not None)

@@ -12,14 +12,17 @@ from qwen35_mlx.model.qwen35 import Qwen35Model
 from qwen35_mlx.quantize import quantize_model
 
 
-def decode_logits(model, n=3, seed=0):
+def decode_logits(model, n=3, seed=0, masked=False):
+    """Logits of n greedy decode steps after a 40-token prompt. masked: each step passes an all-ones
+    attention_mask, which takes the general layer-by-layer path instead of the compiled decode segments."""
     ids = mx.array(np.random.default_rng(seed).integers(0, 400, (1, 40)))
     cache = model.make_cache()
     logits = model(ids, cache=cache)[:, -1]
     out = []
     for _ in range(n):
         tok = mx.argmax(logits, axis=-1)[:, None]
-        logits = model(tok, cache=cache)[:, -1]
+        mask = mx.ones((1, 1), mx.int32) if masked else None
+        logits = model(tok, cache=cache, attention_mask=mask)[:, -1]
         out.append(logits)
     return mx.concatenate(out)
 
@@ -67,15 +70,13 @@ def test_reloaded_weights_are_refused(dense_text_path):
 
 def test_segmented_decode_equals_layer_by_layer(dense_text_path, monkeypatch):
     """Decode in compiled segments between the attention layers' KV caches (Qwen35Model._decode_step) computes
-    what the layer-by-layer path does, and is what a decode step after a prompt runs."""
-    from qwen35_mlx.cache import ModelCache
+    what the layer-by-layer path does, and is what an unmasked decode step runs."""
     model, _ = load(dense_text_path, dtype="float32")
     calls = []
     real = Qwen35Model._decode_step
     monkeypatch.setattr(Qwen35Model, "_decode_step", lambda *a: calls.append(1) or real(*a))
     segmented = decode_logits(model, n=4)
     assert len(calls) == 4
-    monkeypatch.setattr(ModelCache, "decode_ready", lambda self: False)
-    layered = decode_logits(model, n=4)
+    layered = decode_logits(model, n=4, masked=True)
     assert len(calls) == 4
     assert_rel_close(segmented, layered, 1e-6, "segmented vs layer-by-layer decode")

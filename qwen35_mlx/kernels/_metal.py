@@ -53,7 +53,6 @@ KERNELS = {
 }
 
 
-
 def _disabled() -> frozenset:
     """Kernels switched off by QWEN35_MLX_DISABLE_KERNELS (comma-separated names of KERNELS): their callers take
     the MLX-ops path instead. For diagnosing a kernel on a user's machine and for A/B benchmarks."""

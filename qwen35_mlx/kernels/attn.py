@@ -4,7 +4,6 @@ operation costs a launch; the MLX-ops branch (Attention.project) is its referenc
 
 from __future__ import annotations
 
-
 from . import _metal
 from .gdn import gpu_backend
 from .norm import threads

@@ -23,12 +23,6 @@ from .rope import Rope, rope_index
 EVAL_LAYERS_T = 256     # from this many tokens a forward pass evaluates after every full-attention layer
 
 
-class _Compiled:
-    """Holds a layer's compiled decode functions outside the module tree (so they are not parameters).
-    Compiled graphs capture the weights they were traced with: reset them after replacing weights."""
-    step = project = finish = None
-
-
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: TextConfig, kind: str):
         super().__init__()
@@ -40,21 +34,10 @@ class DecoderLayer(nn.Module):
         self.mlp = SparseMoe(cfg) if cfg.is_moe else MLP(cfg.hidden_size, cfg.intermediate_size)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self._compiled = _Compiled()
 
     # The residual stream travels between layers as a pair (x, h) whose sum is the stream: each layer's
     # first norm makes the sum (one launch for add + norm on a GPU) and its MLP output h is left for the next
     # layer (the final norm) to add. h is None before the first layer. Same roundings as x + h then norm.
-
-    def _attention_step(self, x, h, rope, offset, cache):
-        """decode: compiled projections before and output + MLP after the (growing) KV cache."""
-        c = self._compiled
-        if c.project is None:
-            c.project = mx.compile(lambda x, h, off: self.project_step(x, h, rope, off))
-            c.finish = mx.compile(self.finish_step)
-        x, q, k, v, gate = c.project(x, h, mx.array(offset, mx.int32))
-        k, v = cache.update_and_fetch(k, v)
-        return c.finish(x, self.self_attn.attend(q, k, v, None, cache), gate)
 
     def project_step(self, x, h, rope, off):
         """decode, attention layer, up to its KV cache: (stream pair, position) -> (stream, q, k, v, gate)."""
@@ -84,33 +67,21 @@ class DecoderLayer(nn.Module):
         return *self._mlp_block(x, out), conv, state
 
     def ensure_fused(self) -> list:
-        """Fused decode projections, built on the first decode step; when weights were replaced since, they
-        are rebuilt and the compiled steps (which captured the old weights) dropped. Returns the identity
-        checks that say this is still current (DecodeFusion.fused_checks, plus the mixer and MLP themselves)."""
-        rebuilt, checks = False, []
+        """Fused decode projections, built on the first decode step, rebuilt where weights were replaced since.
+        Returns the identity checks that say this is still current (DecodeFusion.fused_checks, plus the mixer and
+        MLP themselves)."""
+        checks = []
         for name in ("linear_attn" if self.is_linear else "self_attn", "mlp"):
             part = dict.get(self, name)
             checks.append((self, name, part, None))
             if isinstance(part, DecodeFusion):                                      # not SparseMoe
-                rebuilt = part.ensure_fused() or rebuilt
+                part.ensure_fused()
                 checks += part.fused_checks()
-        if rebuilt:
-            self._compiled = _Compiled()
         return checks
 
     def __call__(self, x, h, rope, positions, attn_mask, gdn_mask, cache):
-        """The stream as the pair (x, h) (see above) in and out. Decode runs fused projections once
-        ensure_fused has built them (Qwen35Model calls it), separate ones before."""
-        if self.is_linear and cache is not None and cache.state is not None and x.shape[1] == 1 \
-                and gdn_mask is None:
-            # decode: the whole layer as one compiled graph (a few fused kernels instead of ~60 ops)
-            if self._compiled.step is None:
-                self._compiled.step = mx.compile(self.linear_step)
-            x, h, cache.conv, cache.state = self._compiled.step(x, h, cache.conv, cache.state)
-            return x, h
-        if not self.is_linear and cache is not None and x.shape[1] == 1 and attn_mask is None \
-                and isinstance(positions, int):
-            return self._attention_step(x, h, rope, positions, cache)
+        """The stream as the pair (x, h) (see above) in and out. (A model's unmasked decode step runs the
+        layers through Qwen35Model._decode_step instead, compiled.)"""
         n, x = self._norm_in(x, h)
         if self.is_linear:
             out = self.linear_attn(n, gdn_mask, cache)
@@ -227,7 +198,7 @@ class Qwen35Model(nn.Module):
         gdn_mask = None if full is None else full[:, -T:]
         if T == 1:
             self.ensure_fused()
-            if cache is not None and full is None and isinstance(positions, int) and cache.decode_ready():
+            if cache is not None and full is None:
                 x, h = self._decode_step(inputs_embeds, cache, positions)
                 cache.offset += T
                 return lm.norm.residual(x, h)[0]
@@ -241,16 +212,15 @@ class Qwen35Model(nn.Module):
             cache.offset += T
         return lm.norm.residual(x, h)[0]
 
-    def _decode_step(self, x, cache, position: int):
+    def _decode_step(self, x, cache, positions):
         """One token through the stack in segments split at the attention layers' KV caches: a segment is one
         compiled call running the previous attention layer's output and MLP, the GDN layers in between and the
-        next attention layer's projections (7 compiled calls per token for Qwen3.5's 3:1 layout instead of 30:
-        host time per call is what decode on a GPU pays)."""
-        layers, off = self.layers, mx.array(position, mx.int32)
+        next attention layer's projections (7 compiled calls per token for Qwen3.5's 3:1 layout instead of ~60
+        layer calls: host time per call is what decode on a GPU pays). positions: the int offset, or [3, B, 1]."""
+        off = positions if isinstance(positions, mx.array) else mx.array(positions, mx.int32)
         h = out = gate = None
-        for n, (fin, gdn, proj) in enumerate(self._segments()):
-            states = [a for i in gdn for a in (cache[i].conv, cache[i].state)]
-            res = self._segment_fn(n, fin, gdn, proj)(x, h, out, gate, off, *states)
+        for gdn, proj, fn in self._segments():
+            res = fn(x, h, out, gate, off, *[a for i in gdn for a in (cache[i].conv, cache[i].state)])
             for j, i in enumerate(gdn):
                 cache[i].conv, cache[i].state = res[1 + 2 * j], res[2 + 2 * j]
             x, rest = res[0], res[1 + 2 * len(gdn):]
@@ -260,39 +230,40 @@ class Qwen35Model(nn.Module):
                 h = None                                             # consumed by the projection's norm
                 q, k, v, gate = rest
                 k, v = cache[proj].update_and_fetch(k, v)
-                out = layers[proj].self_attn.attend(q, k, v, None, cache[proj])
+                out = self.layers[proj].self_attn.attend(q, k, v, None, cache[proj])
         return x, h
 
     def _segments(self) -> list:
-        """[(attention layer finished at the start or None, GDN layers, attention layer projected at the end
-        or None)] covering the stack in order."""
-        segs, fin, gdn = [], None, []
-        for i, layer in enumerate(self.layers):
-            if layer.is_linear:
-                gdn.append(i)
-            else:
-                segs.append((fin, gdn, i))
-                fin, gdn = i, []
-        return segs + [(fin, gdn, None)]
+        """[(GDN layers, attention layer projected at the end or None, compiled segment)] covering the stack in
+        order; built on first use and after re-fusing (compiled graphs keep the weights they were traced with)."""
+        segs = self.__dict__.get("_segment_fns")                  # outside the module tree
+        if segs is None:
+            bounds, fin, gdn = [], None, []
+            for i, layer in enumerate(self.layers):
+                if layer.is_linear:
+                    gdn.append(i)
+                else:
+                    bounds.append((fin, gdn, i))
+                    fin, gdn = i, []
+            bounds.append((fin, gdn, None))
+            segs = self.__dict__["_segment_fns"] = [(g, p, self._segment_fn(f, g, p)) for f, g, p in bounds]
+        return segs
 
-    def _segment_fn(self, n, fin, gdn, proj):
-        fns = self.__dict__.setdefault("_segment_fns", {})      # outside the module tree; reset on re-fusing
-        if n not in fns:
-            layers, rope = self.layers, self.rope
+    def _segment_fn(self, fin, gdn, proj):
+        layers, rope = self.layers, self.rope
 
-            def segment(x, h, out, gate, off, *states):
-                if fin is not None:
-                    x, h = layers[fin].finish_step(x, out, gate)
-                new = []
-                for j, i in enumerate(gdn):
-                    x, h, conv, state = layers[i].linear_step(x, h, states[2 * j], states[2 * j + 1])
-                    new += [conv, state]
-                if proj is None:
-                    return x, *new, h
-                x, q, k, v, g = layers[proj].project_step(x, h, rope, off)
-                return x, *new, q, k, v, g
-            fns[n] = mx.compile(segment)
-        return fns[n]
+        def segment(x, h, out, gate, off, *states):
+            if fin is not None:
+                x, h = layers[fin].finish_step(x, out, gate)
+            new = []
+            for j, i in enumerate(gdn):
+                x, h, conv, state = layers[i].linear_step(x, h, states[2 * j], states[2 * j + 1])
+                new += [conv, state]
+            if proj is None:
+                return x, *new, h
+            x, q, k, v, g = layers[proj].project_step(x, h, rope, off)
+            return x, *new, q, k, v, g
+        return mx.compile(segment)
 
     def ensure_fused(self):
         """Every layer's fused decode projections current, checked in one pass over identities on each decode
@@ -303,7 +274,7 @@ class Qwen35Model(nn.Module):
                 and all(dict.get(o, n) is m and (w is None or dict.get(m, "weight") is w) for o, n, m, w in state[1]):
             return
         self.__dict__["_fused_state"] = (list(layers), [c for layer in layers for c in layer.ensure_fused()])
-        self.__dict__["_segment_fns"] = {}                          # they captured the weights they were traced with
+        self.__dict__["_segment_fns"] = None                        # they captured the weights they were traced with
 
     @staticmethod
     def _full_mask(attention_mask, B, T, offset):
