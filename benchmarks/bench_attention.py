@@ -1,12 +1,20 @@
 """Long-context prefill attention of one Qwen3.5 full-attention layer (8 query heads, 2 KV heads, head dim
-256, bf16): a chunk of queries against the whole cache, where MLX has no fused kernel for head dim 256
-(its fallback materialises the scores). Time and peak memory of each way to do it, in one process:
+256, bf16): a chunk of T queries at the end of a cache of S keys, causal. Time, peak memory and error of each
+way to do it, in one process:
 
-  unblocked        mlx-lm's SDPA on the whole chunk (quantized SDPA for a quantized cache)
-  blocks R         Attention.attend with query blocks of R rows (what the model runs)
-  dequant + R      quantized cache only: dequantize K and V once, then bf16 blocks of R rows
+  ours: attn_flash           Attention.attend through our flash kernel (metal/attn_flash.metal)
+  MLX SDPA, unblocked        mx.fast.scaled_dot_product_attention on the whole chunk (MLX core; for head dim
+                             256 it materialises the [T, S] scores)
+  ours without the kernel    Attention.attend with attn_flash switched off: the MLX SDPA in query blocks of
+                             bounded score memory (what the model ran before the kernel)
+  8-bit KV: ours             a quantized cache through Attention.attend (dequantize, then the kernel)
+  8-bit KV: mlx-lm           mlx-lm's quantized SDPA on the whole chunk (on a copy of q: it scales its
+                             queries in place)
 
-    python benchmarks/bench_attention.py [--context 32768 131072] [--chunk 2048] [--out FILE]
+Errors are relative to a float32 attention on the same bf16 inputs (materialised; skipped above --ref-max keys).
+TFLOP/s counts the causal work only: 4 D per (query, visible key) pair and head.
+
+    python benchmarks/bench_attention.py [--context 8192 32768 131072] [--chunk 2048 8192] [--out FILE]
 """
 
 from __future__ import annotations
@@ -17,20 +25,24 @@ import time
 from pathlib import Path
 
 import mlx.core as mx
+import numpy as np
 from mlx_lm.models.base import scaled_dot_product_attention
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from qwen35_mlx.kernels import _metal  # noqa: E402
 from qwen35_mlx.model import attention  # noqa: E402
+
+Hq, Hkv, D = 8, 2, 256
 
 
 class _QCache:
-    """What mlx-lm's SDPA dispatch looks at on a quantized cache."""
+    """What mlx-lm's SDPA dispatch and Attention.attend look at on a quantized cache."""
 
     def __init__(self, bits, group_size):
         self.bits, self.group_size = bits, group_size
 
 
-def timed(fn, reps=3):
+def timed(fn, reps=5):
     mx.eval(fn())
     mx.synchronize()
     mx.reset_peak_memory()
@@ -42,56 +54,85 @@ def timed(fn, reps=3):
     return (time.perf_counter() - t) / reps * 1e3, (mx.get_peak_memory() - base) / 2**30
 
 
+def without_kernel(fn):
+    def run():
+        old = _metal.DISABLED
+        _metal.DISABLED = old | {"attn_flash"}
+        try:
+            return fn()
+        finally:
+            _metal.DISABLED = old
+    return run
+
+
+def reference(q, k, v, scale):
+    """float32, materialised, in query blocks: [B, T, Hq * D]."""
+    T, S = q.shape[2], k.shape[2]
+    k, v = (mx.repeat(x.astype(mx.float32), Hq // Hkv, axis=1) for x in (k, v))
+    parts = []
+    for t0 in range(0, T, 1024):
+        qs = q[:, :, t0:t0 + 1024].astype(mx.float32)
+        s = (qs @ k.transpose(0, 1, 3, 2)) * scale
+        allowed = mx.arange(S)[None, :] <= mx.arange(S - T + t0, S - T + t0 + qs.shape[2])[:, None]
+        s = mx.where(allowed, s, -mx.inf)
+        parts.append(mx.softmax(s, axis=-1) @ v)
+        mx.eval(parts[-1])
+    out = mx.concatenate(parts, axis=2)
+    return out.transpose(0, 2, 1, 3).reshape(1, T, -1)
+
+
+def rel(a, b):
+    a, b = np.asarray(a.astype(mx.float32), np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
-    p.add_argument("--context", type=int, nargs="+", default=[32768, 131072])
-    p.add_argument("--chunk", type=int, default=2048)
-    p.add_argument("--rows", type=int, nargs="+", default=[128, 512, 2048])
+    p.add_argument("--context", type=int, nargs="+", default=[8192, 32768, 131072])
+    p.add_argument("--chunk", type=int, nargs="+", default=[2048, 8192])
+    p.add_argument("--ref-max", type=int, default=32768)
     p.add_argument("--out")
     args = p.parse_args(argv)
-    lines = [f"device {mx.default_device()}, mlx {mx.__version__}; chunk {args.chunk}, 8 q heads / 2 kv heads, "
-             "D 256, bf16; ms per call, peak GiB above the inputs"]
+    lines = [f"device {mx.default_device()}, mlx {mx.__version__}; {Hq} q heads / {Hkv} kv heads, D {D}, bf16, "
+             "causal chunk of T queries at the end of S keys; ms per call, peak GiB above the inputs, rel. error "
+             "vs float32"]
     print(lines[0], flush=True)
-    Hq, Hkv, D, T = 8, 2, 256, args.chunk
     att = attention.Attention.__new__(attention.Attention)
     att.scale = D ** -0.5
     for S in args.context:
-        mx.random.seed(0)
-        q = mx.random.normal((1, Hq, T, D)).astype(mx.bfloat16)
-        k = mx.random.normal((1, Hkv, S, D)).astype(mx.bfloat16)
-        v = mx.random.normal((1, Hkv, S, D)).astype(mx.bfloat16)
-        qk, qv = mx.quantize(k, 64, 8), mx.quantize(v, 64, 8)
-        mx.eval(q, k, v, qk, qv)
-        qc = _QCache(8, 64)
-        runs = [("bf16 KV, unblocked", lambda: scaled_dot_product_attention(q, k, v, None, att.scale, "causal")),
-                ("8-bit KV, unblocked", lambda: scaled_dot_product_attention(q, qk, qv, qc, att.scale, "causal"))]
-        for R in args.rows:
-            budget = R * Hq * S * 4
-            runs.append((f"bf16 KV, blocks {R}", lambda b=budget: _attend(att, b, q, k, v, None)))
-            runs.append((f"8-bit KV, blocks {R}", lambda b=budget: _attend(att, b, q, qk, qv, qc)))
-            runs.append((f"8-bit KV, dequant + blocks {R}",
-                         lambda b=budget: _attend(att, b, q, mx.dequantize(*qk, 64, 8), mx.dequantize(*qv, 64, 8),
-                                                  None)))
-        for name, fn in runs:
-            try:
-                ms, gb = timed(fn)
-                s = f"S {S:7d}  {name:34s} {ms:9.2f} ms  peak +{gb:6.2f} GiB"
-            except Exception as e:                                        # noqa: BLE001 (report, go on)
-                s = f"S {S:7d}  {name:34s} failed: {type(e).__name__}: {str(e)[:80]}"
-            print(s, flush=True)
-            lines.append(s)
-        del q, k, v, qk, qv
+        for T in (t for t in args.chunk if t <= S):
+            mx.random.seed(0)
+            q = mx.random.normal((1, Hq, T, D)).astype(mx.bfloat16)
+            k = mx.random.normal((1, Hkv, S, D)).astype(mx.bfloat16)
+            v = mx.random.normal((1, Hkv, S, D)).astype(mx.bfloat16)
+            qk, qv = mx.quantize(k, 64, 8), mx.quantize(v, 64, 8)
+            mx.eval(q, k, v, qk, qv)
+            qc = _QCache(8, 64)
+            ref = np.asarray(reference(q, k, v, att.scale)) if S <= args.ref_max else None
+            flops = 4 * D * Hq * (T * (S - T) + T * (T + 1) / 2)
+            runs = [
+                ("ours: attn_flash", lambda: att.attend(q, k, v, "causal", None)),
+                ("MLX SDPA, unblocked",
+                 lambda: mx.fast.scaled_dot_product_attention(q, k, v, scale=att.scale, mask="causal")
+                 .transpose(0, 2, 1, 3).reshape(1, T, -1)),
+                ("ours without the kernel", without_kernel(lambda: att.attend(q, k, v, "causal", None))),
+                ("8-bit KV: ours", lambda: att.attend(q, qk, qv, "causal", qc)),
+                ("8-bit KV: mlx-lm", lambda: scaled_dot_product_attention(q + 0, qk, qv, qc, att.scale, "causal")
+                 .transpose(0, 2, 1, 3).reshape(1, T, -1)),
+            ]
+            for name, fn in runs:
+                try:
+                    ms, gb = timed(fn)
+                    err = "" if ref is None else f"  err {rel(fn(), ref):.1e}"
+                    s = (f"S {S:7d} T {T:5d}  {name:26s} {ms:9.2f} ms  {flops / ms / 1e9:6.1f} TFLOP/s  "
+                         f"peak +{gb:6.2f} GiB{err}")
+                except Exception as e:                                        # noqa: BLE001 (report, go on)
+                    s = f"S {S:7d} T {T:5d}  {name:26s} failed: {type(e).__name__}: {str(e)[:80]}"
+                print(s, flush=True)
+                lines.append(s)
+            del q, k, v, qk, qv, ref
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")
-
-
-def _attend(att, budget, q, k, v, cache):
-    old = attention.SCORE_BYTES
-    attention.SCORE_BYTES = budget
-    try:
-        return att.attend(q, k, v, "causal", cache)
-    finally:
-        attention.SCORE_BYTES = old
 
 
 if __name__ == "__main__":

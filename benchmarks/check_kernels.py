@@ -1,8 +1,8 @@
 """The fused kernels on a GPU backend (CUDA twin, or Metal on a Mac), each against its MLX-ops branch (float32,
 same weights and inputs), and timed fused against unfused at the Qwen3.5-0.8B shapes:
 gdn_decode (a GDN mixer's decode step), gdn_conv (prefill conv / norms / gates), rms_norm (with the residual add),
-attn_qk (attention's q/k norms and rope in decode).
-(The chunk kernels have their own: bench_gdn.py.)
+attn_qk (attention's q/k norms and rope in decode); attn_flash (prefill attention) against float64 on the kernel
+tests' shapes (its timing: bench_attention.py). (The chunk kernels have their own: bench_gdn.py.)
 
     python benchmarks/check_kernels.py
 """
@@ -25,11 +25,12 @@ from test_gdn_conv import RUNS, make_run, run_kernel  # noqa: E402
 from test_gdn_conv import SHAPES as CONV_SHAPES  # noqa: E402
 from test_gdn_decode import SHAPES, as_float32, make_layer, make_step  # noqa: E402
 from test_attn_qk import make_attention  # noqa: E402
+import test_attn_flash  # noqa: E402
 from qwen35_mlx.model import attention  # noqa: E402
 
 
 def rel(a, b):
-    a, b = np.asarray(a.astype(mx.float32), np.float64), np.asarray(b.astype(mx.float32), np.float64)
+    a, b = (np.asarray(x.astype(mx.float32) if isinstance(x, mx.array) else x, np.float64) for x in (a, b))
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
@@ -115,6 +116,22 @@ def check_attn_qk():
               flush=True)
 
 
+def check_flash():
+    """attn_flash on the GPU backend, every shape and run of its kernel tests, both threadgroup sizes."""
+    from qwen35_mlx.kernels import attn
+    t = test_attn_flash
+    for shape, (Hq, Hkv, D) in t.SHAPES.items():
+        for run, (B, T, S, causal) in t.RUNS.items():
+            for dt in (mx.bfloat16, mx.float16):
+                q, k, v = t.make(B, T, S, Hq, Hkv, D, dt, seed=T + S)
+                ref = t.reference(q, k, v, D ** -0.5, causal)
+                errs = [rel(attn.attn_flash(q, k, v, D ** -0.5, causal=causal, backend=gpu_backend(), nt=nt), ref)
+                        for nt in (64, attn.FLASH_NT)]
+                ok = max(errs) < t.TOL[dt]
+                print(f"attn_flash {shape:16s} {run:15s} {str(dt):14s} err nt64 {errs[0]:.1e} nt{attn.FLASH_NT} "
+                      f"{errs[1]:.1e} {'ok' if ok else 'FAIL'}", flush=True)
+
+
 def per_call(fn, x, conv, state, n=100):
     for _ in range(3):
         mx.eval(fn(x, conv, state))
@@ -128,6 +145,7 @@ def per_call(fn, x, conv, state, n=100):
 def main():
     print(f"device {mx.default_device()}, mlx {mx.__version__}, kernel backend "
           f"{gdn_kernels.decode_backend(128, 4)}", flush=True)
+    check_flash()
     check_norm()
     check_attn_qk()
     check_conv()

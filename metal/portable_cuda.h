@@ -20,6 +20,7 @@ typedef unsigned int uint;
 #define DEV
 
 FN float fexp(float x) { return expf(x); }
+FN float fexp2(float x) { return exp2f(x); }
 FN float flog(float x) { return logf(x); }
 FN float frsqrt(float x) { return rsqrtf(x); }
 FN float fcos(float x) { return cosf(x); }

@@ -16,6 +16,7 @@
   metal::threadgroup_barrier(metal::mem_flags::mem_device | metal::mem_flags::mem_threadgroup)
 
 FN float fexp(float x) { return metal::exp(x); }
+FN float fexp2(float x) { return metal::exp2(x); }
 FN float flog(float x) { return metal::log(x); }
 FN float frsqrt(float x) { return metal::rsqrt(x); }
 FN float fcos(float x) { return metal::precise::cos(x); }  // rope angles reach ~1e5 rad

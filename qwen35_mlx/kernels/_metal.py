@@ -50,6 +50,7 @@ KERNELS = {
                  ("q", "k", "v", "g", "beta", "conv_out")),
     "rms_norm": (("x", "h", "w", "eps"), ("y", "res")),
     "attn_qk": (("proj", "qw", "kw", "inv_freq", "pos", "eps"), ("q", "k")),
+    "attn_flash": (("q", "k", "v", "scale_in", "meta"), ("out",)),
 }
 
 
@@ -79,12 +80,17 @@ def read_source(name: str) -> str:
         return (_REPO_METAL / name).read_text()
 
 
-TILED = ("gdn_chunk_prep", "gdn_chunk_scan")   # kernels that multiply tiles (frag_a/b/c, mma)
+# Headers after portable_<backend>.h, for the kernels that multiply tiles ({} = the backend)
+TILE_HEADERS = {
+    "gdn_chunk_prep": ("tiles_{}.h", "tiles.h"),            # float fragments (frag_a/b/c, mma)
+    "gdn_chunk_scan": ("tiles_{}.h", "tiles.h"),
+    "attn_flash": ("tiles_{}.h", "tiles16_{}.h"),           # 16-bit operands (frag_a16/b16, mma16)
+}
 
 
 def kernel_source(name: str, backend: str) -> tuple[str, str]:
     """(header, body) exactly as handed to the backend's kernel factory."""
-    parts = [f"portable_{backend}.h"] + ([f"tiles_{backend}.h", "tiles.h"] if name in TILED else [])
+    parts = [f"portable_{backend}.h"] + [h.format(backend) for h in TILE_HEADERS.get(name, ())]
     return _header(tuple(read_source(p) for p in parts)), _body(backend, read_source(f"{name}.metal"))
 
 

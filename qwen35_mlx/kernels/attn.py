@@ -4,6 +4,8 @@ operation costs a launch; the MLX-ops branch (Attention.project) is its referenc
 
 from __future__ import annotations
 
+import mlx.core as mx
+
 from . import _metal
 from .gdn import gpu_backend
 from .norm import threads
@@ -34,3 +36,39 @@ def attn_qk(proj, qw, kw, inv_freq, pos, eps: float, *, NQ: int, NK: int, D: int
         output_dtypes=[proj.dtype, proj.dtype],
     )
     return q, k
+
+
+FLASH_NT = 128                          # attn_flash: 4 simdgroups, 64 queries per threadgroup
+FLASH_BK = {"cuda": 32, "metal": 16}    # keys per block: K and V blocks in 33 KiB (CUDA: 48 KiB static) / 17 KiB
+
+
+def flash_backend(q, k, mask) -> str | None:
+    """The backend attn_flash runs on here for attention of q [B, Hq, T, D] over k [B, Hkv, S, D] under `mask`,
+    or None: no GPU kernel backend, switched off, or what it does not take (float32, array masks, head dims
+    that are not a multiple of 16 up to 256, query heads not a multiple of the key heads)."""
+    D, Hq, Hkv = q.shape[-1], q.shape[1], k.shape[1]
+    if (q.dtype not in (mx.bfloat16, mx.float16) or D % 16 or D > 256 or Hkv == 0 or Hq % Hkv
+            or not (mask is None or (isinstance(mask, str) and mask == "causal")) or not _metal.enabled("attn_flash")):
+        return None
+    return gpu_backend()
+
+
+def attn_flash(q, k, v, scale: float, *, causal: bool, backend: str, nt: int = FLASH_NT, bk: int | None = None):
+    """Softmax attention of q [B, Hq, T, D] over k, v [B, Hkv, S, D] (16-bit), causal with the queries at the end
+    of the keys (query i at position S - T + i), or over every key. Returns [B, T, Hq, D] in q's dtype."""
+    B, Hq, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    if causal and S < T:
+        raise ValueError(f"attn_flash: {T} causal queries at the end of {S} keys")
+    bk = bk or FLASH_BK[backend]
+    (out,) = _metal.kernel("attn_flash", backend)(
+        inputs=[q, k.astype(q.dtype), v.astype(q.dtype), _metal.f32_scalar(float(scale)),
+                mx.array([T, S], dtype=mx.int32)],
+        template=[("InT", q.dtype), ("D", D), ("Hq", Hq), ("Hkv", Hkv), ("BK", bk), ("NT", nt),
+                  ("CAUSAL", causal)],
+        grid=(nt * -(-T // (nt // 2)), Hq, B),
+        threadgroup=(nt, 1, 1),
+        output_shapes=[(B, T, Hq, D)],
+        output_dtypes=[q.dtype],
+    )
+    return out

@@ -5,7 +5,7 @@ import mlx.nn as nn
 from mlx_lm.models.base import scaled_dot_product_attention
 
 from ..config import TextConfig
-from ..kernels.attn import attn_qk, qk_backend
+from ..kernels.attn import attn_flash, attn_qk, flash_backend, qk_backend
 from .fused import DecodeFusion
 from .norms import RMSNorm
 
@@ -67,17 +67,21 @@ class Attention(DecodeFusion, nn.Module):
         return rope(q, positions), rope(k, positions), v, gate
 
     def attend(self, q, k, v, mask, cache):
-        """Attention of q [B, heads, T, D] over the whole cache. MLX has no fused kernel for head dim 256 on a
-        chunk of queries (nor mlx-lm for a quantized cache): it materialises the scores of all T queries
-        against all S keys. Long contexts therefore go in query blocks of bounded score memory, and a chunk
-        against a quantized cache attends over its dequantized keys and values (1.7x faster than the
-        quantized SDPA on an H100; see benchmarks/bench_attention.py)."""
+        """Attention of q [B, heads, T, D] over the whole cache. A chunk of queries goes through our flash
+        kernel (metal/attn_flash.metal) where a GPU backend runs it: MLX has no fused kernel for head dim 256
+        on a chunk of queries, and materialises the scores of all T queries against all S keys. Without the
+        kernel, long contexts go in query blocks of bounded score memory. A chunk against a quantized cache
+        attends over its dequantized keys and values (1.7x faster than the quantized SDPA on an H100, without
+        the kernel; see benchmarks/bench_attention.py)."""
         B, H, T, _ = q.shape
         quantized = isinstance(k, (tuple, list))
-        S = (k[0] if quantized else k).shape[-2]
         if quantized and T >= DEQUANT_MIN_T:
             k, v = (mx.dequantize(*x, group_size=cache.group_size, bits=cache.bits).astype(q.dtype) for x in (k, v))
-            cache = None
+            cache, quantized = None, False
+        backend = flash_backend(q, k, mask) if T > 1 and not quantized else None
+        if backend:
+            return attn_flash(q, k, v, self.scale, causal=mask is not None, backend=backend).reshape(B, T, -1)
+        S = (k[0] if quantized else k).shape[-2]
         block = block_rows(B, H, S)
         if T <= block:
             out = scaled_dot_product_attention(q, k, v, cache=cache, scale=self.scale, mask=mask)

@@ -244,6 +244,7 @@ def cuda_text(name, in_types, out_types, template):
 @pytest.mark.parametrize("dt", [mx.bfloat16, mx.float32], ids=["bf16", "fp32"])
 def test_cuda_twin_compiles(tmp_path, dt):
     f32, i32 = mx.float32, mx.int32
+    h16 = mx.float16 if dt == f32 else dt
     shape = [("InT", dt), ("Dk", 128), ("Dv", 128), ("Hk", 16), ("Hv", 32)]
     kernels = {
         "gdn_chunk_prep": ([dt] * 3 + [f32] * 2 + [i32], [f32] * 4, shape + [("C", 64), ("NT", 128), ("PREC", 1)]),
@@ -255,6 +256,8 @@ def test_cuda_twin_compiles(tmp_path, dt):
         "rms_norm": ([dt, dt, f32, f32], [dt, dt], [("InT", dt), ("H", 1024), ("NT", 256), ("ADD", True)]),
         "attn_qk": ([dt, f32, f32, f32, i32, f32], [dt, dt],
                     [("InT", dt), ("D", 256), ("NQ", 8), ("NK", 2), ("ROT", 64), ("NT", 64)]),
+        "attn_flash": ([h16] * 3 + [f32, i32], [h16],                  # 16-bit operands only
+                       [("InT", h16), ("D", 256), ("Hq", 8), ("Hkv", 2), ("BK", 32), ("NT", 128), ("CAUSAL", True)]),
     }
     for name, (ins, outs, template) in kernels.items():
         src = tmp_path / f"{name}.cu"
