@@ -18,6 +18,9 @@ typedef unsigned int uint;
 // defined away in the body's prologue, after the CUDA headers, whose __device__ is __location__(device).)
 #define THR
 #define DEV
+#ifndef INFINITY  // NVRTC need not have <math.h>'s
+#define INFINITY __int_as_float(0x7f800000)
+#endif
 
 FN float fexp(float x) { return expf(x); }
 FN float fexp2(float x) { return exp2f(x); }
