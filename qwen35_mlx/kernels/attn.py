@@ -1,6 +1,10 @@
-"""A gated-attention layer's query/key heads in one launch (metal/attn_qk.metal): per-head RMSNorm and rope,
-from the fused projection row to the head-major layout attention reads. Used for decode on a GPU, where each
-operation costs a launch; the MLX-ops branch (Attention.project) is its reference."""
+"""Attention kernels (one body each, Metal or CUDA) and their drivers:
+  attn_qk     a gated-attention layer's query/key heads in one launch (metal/attn_qk.metal): per-head RMSNorm and
+              rope, from the fused projection row to the head-major layout attention reads. Used for decode on a
+              GPU, where each operation costs a launch; the MLX-ops branch of Attention.project is its reference.
+  attn_flash  prefill attention of a chunk of queries over the cache in one pass (metal/attn_flash.metal): MLX
+              has no fused kernel for head dim 256 and materialises the scores. The MLX-ops path of
+              Attention.attend is its reference."""
 
 from __future__ import annotations
 
