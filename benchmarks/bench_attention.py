@@ -130,16 +130,17 @@ def main(argv=None):
                     s = f"S {S:7d} T {T:5d}  {name:26s} failed: {type(e).__name__}: {str(e)[:80]}"
                 print(s, flush=True)
                 lines.append(s)
-            del q, k, v, qk, qv, ref
     lines += decode_rows(args.context)
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")
 
 
 def decode_rows(contexts, n=50):
-    """Decode: one query per head over S cached keys (a view of a longer cache buffer, as the cache hands it
-    out), MLX's SDPA (its vector kernel takes head dim 256): ms per call inside a chain of n calls, and the
-    bytes of K and V read per ms."""
+    """Decode: one query per head over S cached keys, the filled rows of a longer cache buffer: MLX's SDPA (its
+    vector kernel takes head dim 256) on the view, and our attn_decode + attn_decode_combine on the buffer in
+    place. ms per call inside a chain of n dependent calls, K+V bytes read per ms, error vs float32."""
+    from qwen35_mlx.kernels import attn
+    from qwen35_mlx.kernels.gdn import gpu_backend
     out = []
     for S in contexts:
         q = mx.random.normal((1, Hq, 1, D)).astype(mx.bfloat16)
@@ -147,17 +148,26 @@ def decode_rows(contexts, n=50):
         vbuf = mx.random.normal((1, Hkv, S + 256, D)).astype(mx.bfloat16)
         mx.eval(q, kbuf, vbuf)
         k, v = kbuf[..., :S, :], vbuf[..., :S, :]
-        fn = lambda x: mx.fast.scaled_dot_product_attention(x, k, v, scale=D ** -0.5)   # noqa: E731
-        mx.eval(fn(q))
-        t = time.perf_counter()
-        x = q
-        for _ in range(n):
-            x = fn(x)
-        mx.eval(x)
-        ms = (time.perf_counter() - t) / n * 1e3
-        s = f"decode S {S:7d}  MLX SDPA (vector)  {ms:7.3f} ms  {2 * Hkv * S * D * 2 / ms / 1e9:6.2f} TB/s of K+V"
-        print(s, flush=True)
-        out.append(s)
+        ref = np.asarray(mx.fast.scaled_dot_product_attention(q.astype(mx.float32), k.astype(mx.float32),
+                                                              v.astype(mx.float32), scale=D ** -0.5)
+                         .reshape(1, 1, Hq * D))
+        runs = [("MLX SDPA (vector)", lambda x: mx.fast.scaled_dot_product_attention(x, k, v, scale=D ** -0.5))]
+        if gpu_backend():
+            runs.append(("ours: attn_decode", lambda x: attn.attn_decode(x, kbuf, vbuf, S, D ** -0.5,
+                                                                       backend=gpu_backend()).reshape(1, Hq, 1, D)))
+        for name, fn in runs:
+            mx.eval(fn(q))
+            t = time.perf_counter()
+            x = q
+            for _ in range(n):
+                x = fn(x)
+            mx.eval(x)
+            ms = (time.perf_counter() - t) / n * 1e3
+            err = rel(fn(q).reshape(1, 1, Hq * D), ref)
+            s = (f"decode S {S:7d}  {name:20s} {ms:7.3f} ms  {2 * Hkv * S * D * 2 / ms / 1e9:6.2f} TB/s of K+V  "
+                 f"err {err:.1e}")
+            print(s, flush=True)
+            out.append(s)
     return out
 
 

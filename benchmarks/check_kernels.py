@@ -1,8 +1,8 @@
 """The fused kernels on a GPU backend (CUDA twin, or Metal on a Mac), each against its MLX-ops branch (float32,
 same weights and inputs), and timed fused against unfused at the Qwen3.5-0.8B shapes:
 gdn_decode (a GDN mixer's decode step), gdn_conv (prefill conv / norms / gates), rms_norm (with the residual add),
-attn_qk (attention's q/k norms and rope in decode); attn_flash (prefill attention) against float64 on the kernel
-tests' shapes (its timing: bench_attention.py). (The chunk kernels have their own: bench_gdn.py.)
+attn_qk (attention's q/k norms and rope in decode); attn_flash (prefill attention) and attn_decode (decode
+attention) against float64 on their kernel tests' shapes (their timing: bench_attention.py). (The chunk kernels have their own: bench_gdn.py.)
 
     python benchmarks/check_kernels.py
 """
@@ -26,6 +26,7 @@ from test_gdn_conv import SHAPES as CONV_SHAPES  # noqa: E402
 from test_gdn_decode import SHAPES, as_float32, make_layer, make_step  # noqa: E402
 from test_attn_qk import make_attention  # noqa: E402
 import test_attn_flash  # noqa: E402
+import test_attn_decode  # noqa: E402
 from qwen35_mlx.model import attention  # noqa: E402
 
 
@@ -132,6 +133,20 @@ def check_flash():
                       f"{errs[1]:.1e} {'ok' if ok else 'FAIL'}", flush=True)
 
 
+def check_attn_decode():
+    """attn_decode + combine on the GPU backend, every shape and run of their kernel tests (cache rows past S are
+    NaN: a read of them shows)."""
+    from qwen35_mlx.kernels import attn
+    t = test_attn_decode
+    for shape, (Hq, Hkv, D, dt) in t.SHAPES.items():
+        for run, (B, S) in t.RUNS.items():
+            q, kc, vc = t.make(B, S, Hq, Hkv, D, dt, seed=S)
+            ref = test_attn_flash.reference(q, kc[:, :, :S], vc[:, :, :S], D ** -0.5, False).reshape(B, 1, Hq * D)
+            err = rel(attn.attn_decode(q, kc, vc, S, D ** -0.5, backend=gpu_backend()), ref)
+            print(f"attn_decode {shape:22s} {run:8s} err {err:.1e} {'ok' if err < t.TOL[dt] else 'FAIL'}",
+                  flush=True)
+
+
 def per_call(fn, x, conv, state, n=100):
     for _ in range(3):
         mx.eval(fn(x, conv, state))
@@ -146,6 +161,7 @@ def main():
     print(f"device {mx.default_device()}, mlx {mx.__version__}, kernel backend "
           f"{gdn_kernels.decode_backend(128, 4)}", flush=True)
     check_flash()
+    check_attn_decode()
     check_norm()
     check_attn_qk()
     check_conv()

@@ -51,6 +51,8 @@ KERNELS = {
     "rms_norm": (("x", "h", "w", "eps"), ("y", "res")),
     "attn_qk": (("proj", "qw", "kw", "inv_freq", "pos", "eps"), ("q", "k")),
     "attn_flash": (("q", "k", "v", "scale_in", "meta"), ("out",)),
+    "attn_decode": (("q", "kc", "vc", "scale_in", "meta"), ("o_out", "m_out", "l_out")),
+    "attn_decode_combine": (("o", "m", "l", "meta"), ("out",)),
 }
 
 

@@ -3,8 +3,10 @@
               rope, from the fused projection row to the head-major layout attention reads. Used for decode on a
               GPU, where each operation costs a launch; the MLX-ops branch of Attention.project is its reference.
   attn_flash  prefill attention of a chunk of queries over the cache in one pass (metal/attn_flash.metal): MLX
-              has no fused kernel for head dim 256 and materialises the scores. The MLX-ops path of
-              Attention.attend is its reference."""
+              has no fused kernel for head dim 256 and materialises the scores.
+  attn_decode one query per head over the cache buffers in place, the keys split over threadgroups (a decode step
+              has too little work per head for one threadgroup), merged by attn_decode_combine.
+The MLX-ops path of Attention.attend is the reference of both."""
 
 from __future__ import annotations
 
@@ -73,6 +75,68 @@ def attn_flash(q, k, v, scale: float, *, causal: bool, backend: str, nt: int = F
         grid=(nt * -(-T // (nt // 2)), Hq, B),
         threadgroup=(nt, 1, 1),
         output_shapes=[(B, T, Hq, D)],
+        output_dtypes=[q.dtype],
+    )
+    return out
+
+
+DECODE_NT = 128                         # attn_decode: 4 simdgroups
+DECODE_SPLITS = 128                     # aim: keys split over about this many threadgroups per key head
+DECODE_NSMAX = 1024                     # attn_decode_combine's bound on the splits
+DECODE_MAX_G = 8                        # query heads per key head the kernel keeps in registers
+
+
+def decode_backend(q, k) -> str | None:
+    """The backend attn_decode runs on here for one query per head q [B, Hq, 1, D] (16-bit or float32) over
+    k [B, Hkv, S, D], or None: a key row must be read by a power-of-2 number of lanes, up to 32, in 16-byte
+    pieces, and at most DECODE_MAX_G query heads share a key head."""
+    D, Hq, Hkv = q.shape[-1], q.shape[1], k.shape[1]
+    lanes = D * q.dtype.size // 16
+    if (q.dtype not in (mx.bfloat16, mx.float16, mx.float32) or D * q.dtype.size % 16 or 32 % max(lanes, 1)
+            or Hkv == 0 or Hq % Hkv or Hq // Hkv > DECODE_MAX_G
+            or not (_metal.enabled("attn_decode") and _metal.enabled("attn_decode_combine"))):
+        return None
+    return gpu_backend()
+
+
+def decode_split(S: int, G: int) -> tuple[int, int]:
+    """(keys per threadgroup L, its bound LMAX): a power of 2, about S / DECODE_SPLITS, at least 64; the scores of
+    L keys for G heads take at most 16 KiB of threadgroup memory."""
+    lmax = 1 << (max(64, min(1024, 4096 // G)).bit_length() - 1)
+    L = 64
+    while L < lmax and (L * DECODE_SPLITS < S or -(-S // L) > DECODE_NSMAX):
+        L *= 2
+    return L, lmax
+
+
+def attn_decode(q, kc, vc, S: int, scale: float, *, backend: str, nt: int = DECODE_NT):
+    """One query per head q [B, Hq, 1, D] over the first S rows of the cache buffers kc, vc [B, Hkv, SC, D] (read in
+    place). Returns [B, 1, Hq * D] in q's dtype."""
+    B, Hq, _, D = q.shape
+    Hkv, SC = kc.shape[1], kc.shape[2]
+    G = Hq // Hkv
+    if Hq % Hkv or G > DECODE_MAX_G or not 0 < S <= SC:
+        raise ValueError(f"attn_decode: {Hq} query heads over {Hkv} key heads, {S} of {SC} cache rows")
+    L, lmax = decode_split(S, G)
+    NS = -(-S // L)
+    if NS > DECODE_NSMAX:
+        raise ValueError(f"attn_decode: {S} keys need {NS} splits, more than {DECODE_NSMAX}")
+    meta = mx.array([S, L, SC], dtype=mx.int32)
+    o, m, l = _metal.kernel("attn_decode", backend)(
+        inputs=[q, kc.astype(q.dtype), vc.astype(q.dtype), _metal.f32_scalar(float(scale)), meta],
+        template=[("InT", q.dtype), ("D", D), ("Hq", Hq), ("Hkv", Hkv), ("LMAX", lmax), ("NT", nt)],
+        grid=(nt * NS, Hkv, B),
+        threadgroup=(nt, 1, 1),
+        output_shapes=[(B, Hq, NS, D), (B, Hq, NS), (B, Hq, NS)],
+        output_dtypes=[mx.float32] * 3,
+    )
+    nt_c = 64
+    (out,) = _metal.kernel("attn_decode_combine", backend)(
+        inputs=[o, m, l, meta],
+        template=[("InT", q.dtype), ("D", D), ("Hq", Hq), ("NSMAX", DECODE_NSMAX), ("NT", nt_c)],
+        grid=(nt_c, Hq, B),
+        threadgroup=(nt_c, 1, 1),
+        output_shapes=[(B, 1, Hq * D)],
         output_dtypes=[q.dtype],
     )
     return out

@@ -1,0 +1,106 @@
+// attn_decode: one query per head (a decode step) over the first S rows of the KV cache buffers, the keys split
+// over NS threadgroups so that a short step still spreads over the GPU (attn_decode_combine merges the splits).
+// Reference: the MLX-ops path of Attention.attend (mx.fast.scaled_dot_product_attention).
+// q [B, Hq, D]; kc, vc [B, Hkv, SC, D], the cache buffers as they are (no copy of the filled part), with
+// meta = [S, L, SC]: S <= SC filled rows, L <= LMAX keys per threadgroup. Grid (NT * NS, Hkv, B), NS =
+// ceil(S / L), threadgroup NT = 32 NW: threadgroup s takes keys [s L, s L + L) for all G = Hq / Hkv query heads
+// of key head hk, so each key row is read once.
+// A key row is read by LPR lanes, VW elements each (16 bytes); a simdgroup reads RPW rows at a time.
+// Out, float32, per (b, query head, split): o [D] = sum_j p_j v_j and l = sum_j p_j with p_j = 2^(s_j - m),
+// m = the split's max of s_j = q . k_j scale log2(e).
+constexpr int NW = NT / 32;
+constexpr int G = Hq / Hkv;
+constexpr int VW = 16 / int(sizeof(InT));
+constexpr int LPR = D / VW;                    // lanes per key row (a power of 2 dividing 32)
+constexpr int RPW = 32 / LPR;                  // rows per simdgroup step
+const int S = meta[0];
+const int L = meta[1];
+const int SC = meta[2];
+const int NS = (S + L - 1) / L;
+const float scale = scale_in[0] * 1.4426950408889634f;
+const int sp = int(tgid.x);
+const int hk = int(tgid.y);
+const int b = int(tgid.z);
+const int j0 = sp * L;
+const int n = (S - j0 < L ? S - j0 : L);     // keys of this split
+const int sub = int(lane) / LPR;
+const int part = int(lane) % LPR;
+const int64_t kv0 = ((int64_t)b * Hkv + hk) * SC * D;
+threadgroup float P[G * LMAX];                 // scores, then probabilities, of this split's keys
+threadgroup float O[NW * D];                   // each simdgroup's share of sum_j p_j v_j, one head at a time
+
+// 1. Scores: each simdgroup takes rows jb + sub, jb stepping over the split; the LPR lanes of a row sum their
+//    partial dot products (the loop is uniform over a simdgroup, so every lane takes part in the shuffles).
+float qv[G][VW];
+UNROLL for (int g = 0; g < G; ++g) vload<VW>(qv[g], q + ((int64_t)b * Hq + hk * G + g) * D + part * VW);
+for (int jb = int(sg) * RPW; jb < n; jb += NW * RPW) {
+  const int j = jb + sub;
+  float kf[VW];
+  if (j < n) {
+    vload<VW>(kf, kc + kv0 + (int64_t)(j0 + j) * D + part * VW);
+  } else {
+    for (int i = 0; i < VW; ++i) kf[i] = 0.0f;
+  }
+  UNROLL for (int g = 0; g < G; ++g) {
+    float d = 0.0f;
+    for (int i = 0; i < VW; ++i) d += qv[g][i] * kf[i];
+    for (int m = 1; m < LPR; m <<= 1) d += shfl_xor(d, m);
+    if (part == 0 && j < n) P[g * LMAX + j] = d * scale;
+  }
+}
+BARRIER();
+
+// 2. Per head: the split's max, the probabilities and their sum (simdgroup g % NW takes head g).
+for (int g = int(sg); g < G; g += NW) {
+  float top = -INFINITY;
+  for (int j = int(lane); j < n; j += 32) top = P[g * LMAX + j] > top ? P[g * LMAX + j] : top;
+  for (int m = 16; m > 0; m >>= 1) {
+    const float o = shfl_xor(top, m);
+    top = o > top ? o : top;
+  }
+  float sum = 0.0f;
+  for (int j = int(lane); j < n; j += 32) {
+    const float p = fexp2(P[g * LMAX + j] - top);
+    P[g * LMAX + j] = p;
+    sum += p;
+  }
+  for (int m = 16; m > 0; m >>= 1) sum += shfl_xor(sum, m);
+  if (lane == 0) {
+    const int64_t r = ((int64_t)b * Hq + hk * G + g) * NS + sp;
+    m_out[r] = top;
+    l_out[r] = sum;
+  }
+}
+BARRIER();
+
+// 3. sum_j p_j v_j: rows as in 1; the RPW rows of a step, then the simdgroups, are summed.
+float acc[G][VW];
+UNROLL for (int g = 0; g < G; ++g) {
+  for (int i = 0; i < VW; ++i) acc[g][i] = 0.0f;
+}
+for (int jb = int(sg) * RPW; jb < n; jb += NW * RPW) {
+  const int j = jb + sub;
+  if (j < n) {
+    float vf[VW];
+    vload<VW>(vf, vc + kv0 + (int64_t)(j0 + j) * D + part * VW);
+    UNROLL for (int g = 0; g < G; ++g) {
+      const float p = P[g * LMAX + j];
+      for (int i = 0; i < VW; ++i) acc[g][i] += p * vf[i];
+    }
+  }
+}
+UNROLL for (int g = 0; g < G; ++g) {
+  for (int i = 0; i < VW; ++i) {
+    for (int m = LPR; m < 32; m <<= 1) acc[g][i] += shfl_xor(acc[g][i], m);
+  }
+  if (sub == 0) {
+    for (int i = 0; i < VW; ++i) O[int(sg) * D + part * VW + i] = acc[g][i];
+  }
+  BARRIER();
+  for (int d = int(tid); d < D; d += NT) {
+    float s = 0.0f;
+    for (int w = 0; w < NW; ++w) s += O[w * D + d];
+    o_out[(((int64_t)b * Hq + hk * G + g) * NS + sp) * D + d] = s;
+  }
+  BARRIER();
+}
