@@ -13,6 +13,8 @@ constexpr int G = Hq / Hkv;
 constexpr int VW = 16 / int(sizeof(InT));
 constexpr int LPR = D / VW;                    // lanes per key row (a power of 2 dividing 32)
 constexpr int RPW = 32 / LPR;                  // rows per simdgroup step
+constexpr int U = 4;                           // steps whose loads are in flight together
+constexpr int WPL = 4;                         // 32-bit words per lane per row (16 bytes)
 const int S = meta[0];
 const int L = meta[1];
 const int SC = meta[2];
@@ -29,23 +31,31 @@ const int64_t kv0 = ((int64_t)b * Hkv + hk) * SC * D;
 threadgroup float P[G * LMAX];                 // scores, then probabilities, of this split's keys
 threadgroup float O[NW * D];                   // each simdgroup's share of sum_j p_j v_j, one head at a time
 
-// 1. Scores: each simdgroup takes rows jb + sub, jb stepping over the split; the LPR lanes of a row sum their
-//    partial dot products (the loop is uniform over a simdgroup, so every lane takes part in the shuffles).
+// 1. Scores: each simdgroup takes U steps of RPW rows at a time (their loads issued together, kept as raw words
+//    until used: latency, not bandwidth, bounds a split this small otherwise); the LPR lanes of a row sum their
+//    partial dot products. The loop is uniform over a simdgroup, so every lane takes part in the shuffles.
 float qv[G][VW];
 UNROLL for (int g = 0; g < G; ++g) vload<VW>(qv[g], q + ((int64_t)b * Hq + hk * G + g) * D + part * VW);
-for (int jb = int(sg) * RPW; jb < n; jb += NW * RPW) {
-  const int j = jb + sub;
-  float kf[VW];
-  if (j < n) {
-    vload<VW>(kf, kc + kv0 + (int64_t)(j0 + j) * D + part * VW);
-  } else {
-    for (int i = 0; i < VW; ++i) kf[i] = 0.0f;
+for (int jb = int(sg) * RPW * U; jb < n; jb += NW * RPW * U) {
+  uint kw[U][WPL];
+  UNROLL for (int u = 0; u < U; ++u) {
+    const int j = jb + u * RPW + sub;
+    if (j < n) {
+      rload<VW>(kw[u], kc + kv0 + (int64_t)(j0 + j) * D + part * VW);
+    } else {
+      for (int i = 0; i < WPL; ++i) kw[u][i] = 0u;
+    }
   }
-  UNROLL for (int g = 0; g < G; ++g) {
-    float d = 0.0f;
-    for (int i = 0; i < VW; ++i) d += qv[g][i] * kf[i];
-    for (int m = 1; m < LPR; m <<= 1) d += shfl_xor(d, m);
-    if (part == 0 && j < n) P[g * LMAX + j] = d * scale;
+  UNROLL for (int u = 0; u < U; ++u) {
+    const int j = jb + u * RPW + sub;
+    float kf[VW];
+    runpack<VW, InT>(kf, kw[u]);
+    UNROLL for (int g = 0; g < G; ++g) {
+      float d = 0.0f;
+      for (int i = 0; i < VW; ++i) d += qv[g][i] * kf[i];
+      for (int m = 1; m < LPR; m <<= 1) d += shfl_xor(d, m);
+      if (part == 0 && j < n) P[g * LMAX + j] = d * scale;
+    }
   }
 }
 BARRIER();
@@ -78,14 +88,25 @@ float acc[G][VW];
 UNROLL for (int g = 0; g < G; ++g) {
   for (int i = 0; i < VW; ++i) acc[g][i] = 0.0f;
 }
-for (int jb = int(sg) * RPW; jb < n; jb += NW * RPW) {
-  const int j = jb + sub;
-  if (j < n) {
-    float vf[VW];
-    vload<VW>(vf, vc + kv0 + (int64_t)(j0 + j) * D + part * VW);
-    UNROLL for (int g = 0; g < G; ++g) {
-      const float p = P[g * LMAX + j];
-      for (int i = 0; i < VW; ++i) acc[g][i] += p * vf[i];
+for (int jb = int(sg) * RPW * U; jb < n; jb += NW * RPW * U) {
+  uint vw[U][WPL];
+  UNROLL for (int u = 0; u < U; ++u) {
+    const int j = jb + u * RPW + sub;
+    if (j < n) {
+      rload<VW>(vw[u], vc + kv0 + (int64_t)(j0 + j) * D + part * VW);
+    } else {
+      for (int i = 0; i < WPL; ++i) vw[u][i] = 0u;
+    }
+  }
+  UNROLL for (int u = 0; u < U; ++u) {
+    const int j = jb + u * RPW + sub;
+    if (j < n) {
+      float vf[VW];
+      runpack<VW, InT>(vf, vw[u]);
+      UNROLL for (int g = 0; g < G; ++g) {
+        const float p = P[g * LMAX + j];
+        for (int i = 0; i < VW; ++i) acc[g][i] += p * vf[i];
+      }
     }
   }
 }

@@ -123,10 +123,15 @@ def f32_scalar(x: float):
 
 
 def kernel(name: str, backend: str):
-    """The callable kernel `name` for backend "metal" or "cuda" (built on first use)."""
-    header, body = kernel_source(name, backend)
+    """The callable kernel `name` for backend "metal" or "cuda" (built on first use). Looked up once per launch
+    (decode makes ~15 launches a step), so by identities: the factory and read_source (tests swap both)."""
     factory = mx.fast.metal_kernel if backend == "metal" else mx.fast.cuda_kernel
-    return _build(factory, name, header, body)
+    return _kernel(name, backend, factory, read_source)
+
+
+@lru_cache(maxsize=None)
+def _kernel(name, backend, factory, reader):
+    return _build(factory, name, *kernel_source(name, backend))
 
 
 @lru_cache(maxsize=None)
