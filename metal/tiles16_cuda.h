@@ -60,26 +60,31 @@ FN void c_to_a16(frag_a16& a, const frag_c& c0, const frag_c& c1) {  // the C la
 
 FN uint smem_addr(const void* p) { return uint(__cvta_generic_to_shared(p)); }
 
-// ldmatrix: lanes 8 m .. 8 m + 7 give the row addresses (16 bytes each) of 8x8 matrix m; word m of a lane is
-// its part of matrix m: (row g, cols 2t, 2t + 1), or with .trans the transpose (rows 2t, 2t + 1; col g).
+// ldmatrix .x4: lanes 8 m .. 8 m + 7 give the row addresses (16 bytes each) of 8x8 matrix m; word m of a lane is
+// its part of matrix m: (row g, cols 2t, 2t + 1), or with TRANS the transpose's (rows 2t, 2t + 1; col g).
+template <bool TRANS>
+FN void ldsm_x4(frag_b16* b, const void* row) {
+  uint r[4];
+  if (TRANS) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(row)));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(row)));
+  }
+  b[0].x[0] = r[0]; b[0].x[1] = r[1]; b[1].x[0] = r[2]; b[1].x[1] = r[3];
+}
+
 template <typename T>
 FN void load_bt16x2(frag_b16* b, const T* p, int ld, uint lane) {
   const int m = int(lane >> 3);       // matrices: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), ...
-  uint r[4];
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p + (8 * (m >> 1) + int(lane & 7)) * ld + 8 * (m & 1))));
-  b[0].x[0] = r[0]; b[0].x[1] = r[1]; b[1].x[0] = r[2]; b[1].x[1] = r[3];
+  ldsm_x4<false>(b, p + (8 * (m >> 1) + int(lane & 7)) * ld + 8 * (m & 1));
 }
 
 template <typename T>
 FN void load_b16x2(frag_b16* b, const T* p, int ld, uint lane) {
   const int m = int(lane >> 3);       // matrices: (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), ...
-  uint r[4];
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p + (8 * (m & 1) + int(lane & 7)) * ld + 8 * (m >> 1))));
-  b[0].x[0] = r[0]; b[0].x[1] = r[1]; b[1].x[0] = r[2]; b[1].x[1] = r[3];
+  ldsm_x4<true>(b, p + (8 * (m & 1) + int(lane & 7)) * ld + 8 * (m >> 1));
 }
 
 // A frag_c row lives in the 4 lanes of a quad (tiles_cuda.h: fc_row).
