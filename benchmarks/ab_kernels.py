@@ -34,7 +34,8 @@ def run(disabled: str, prompt, decode) -> list:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", nargs="+", default=["attn_qk", "gdn_decode", "gdn_conv", "rms_norm"])
+    ap.add_argument("--variants", nargs="+", default=["attn_qk", "attn_decode", "attn_flash", "gdn_decode", "gdn_conv",
+                                                      "rms_norm"])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--prompt", type=int, nargs="+", default=[1024, 8192])
     ap.add_argument("--decode", type=int, default=128)

@@ -22,6 +22,7 @@ RUNS = {  # id: (B, T, S, causal)
     "chunk-at-end": (1, 20, 90, True),       # 20 queries after 70 cached keys: masks cross key blocks
     "B2-two-qblocks": (2, 70, 70, True),     # 70 queries: a partial second query block
     "full": (1, 9, 40, False),
+    "long-cache": (1, 40, 300, True),        # many key blocks before the diagonal, none of them masked
 }
 
 
