@@ -31,6 +31,17 @@ const int64_t kv0 = ((int64_t)b * Hkv + hk) * SC * D;
 threadgroup float P[G * LMAX];                 // scores, then probabilities, of this split's keys
 threadgroup float O[NW * D];                   // each simdgroup's share of sum_j p_j v_j, one head at a time
 
+// This lane's part of the U steps' rows from jb on (rows past the split read as zeros), as raw words.
+#define LOAD_ROWS(w, src)                                                      \
+  UNROLL for (int u = 0; u < U; ++u) {                                         \
+    const int j = jb + u * RPW + sub;                                          \
+    if (j < n) {                                                               \
+      rload<VW>(w[u], src + kv0 + (int64_t)(j0 + j) * D + part * VW);          \
+    } else {                                                                   \
+      for (int i = 0; i < WPL; ++i) w[u][i] = 0u;                              \
+    }                                                                          \
+  }
+
 // 1. Scores: each simdgroup takes U steps of RPW rows at a time (their loads issued together, kept as raw words
 //    until used: latency, not bandwidth, bounds a split this small otherwise); the LPR lanes of a row sum their
 //    partial dot products. The loop is uniform over a simdgroup, so every lane takes part in the shuffles.
@@ -38,14 +49,7 @@ float qv[G][VW];
 UNROLL for (int g = 0; g < G; ++g) vload<VW>(qv[g], q + ((int64_t)b * Hq + hk * G + g) * D + part * VW);
 for (int jb = int(sg) * RPW * U; jb < n; jb += NW * RPW * U) {
   uint kw[U][WPL];
-  UNROLL for (int u = 0; u < U; ++u) {
-    const int j = jb + u * RPW + sub;
-    if (j < n) {
-      rload<VW>(kw[u], kc + kv0 + (int64_t)(j0 + j) * D + part * VW);
-    } else {
-      for (int i = 0; i < WPL; ++i) kw[u][i] = 0u;
-    }
-  }
+  LOAD_ROWS(kw, kc)
   UNROLL for (int u = 0; u < U; ++u) {
     const int j = jb + u * RPW + sub;
     float kf[VW];
@@ -90,14 +94,7 @@ UNROLL for (int g = 0; g < G; ++g) {
 }
 for (int jb = int(sg) * RPW * U; jb < n; jb += NW * RPW * U) {
   uint vw[U][WPL];
-  UNROLL for (int u = 0; u < U; ++u) {
-    const int j = jb + u * RPW + sub;
-    if (j < n) {
-      rload<VW>(vw[u], vc + kv0 + (int64_t)(j0 + j) * D + part * VW);
-    } else {
-      for (int i = 0; i < WPL; ++i) vw[u][i] = 0u;
-    }
-  }
+  LOAD_ROWS(vw, vc)
   UNROLL for (int u = 0; u < U; ++u) {
     const int j = jb + u * RPW + sub;
     if (j < n) {
@@ -125,3 +122,4 @@ UNROLL for (int g = 0; g < G; ++g) {
   }
   BARRIER();
 }
+#undef LOAD_ROWS

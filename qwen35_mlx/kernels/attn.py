@@ -84,6 +84,7 @@ DECODE_NT = 128                         # attn_decode: 4 simdgroups
 DECODE_SPLITS = 128                     # aim: keys split over about this many threadgroups per key head
 DECODE_NSMAX = 1024                     # attn_decode_combine's bound on the splits
 DECODE_MAX_G = 8                        # query heads per key head the kernel keeps in registers
+COMBINE_NT = 64                         # attn_decode_combine: threads per (batch, query head)
 
 
 def decode_backend(q, k) -> str | None:
@@ -130,12 +131,11 @@ def attn_decode(q, kc, vc, S: int, scale: float, *, backend: str, nt: int = DECO
         output_shapes=[(B, Hq, NS, D), (B, Hq, NS), (B, Hq, NS)],
         output_dtypes=[mx.float32] * 3,
     )
-    nt_c = 64
     (out,) = _metal.kernel("attn_decode_combine", backend)(
         inputs=[o, m, l, meta],
-        template=[("InT", q.dtype), ("D", D), ("Hq", Hq), ("NSMAX", DECODE_NSMAX), ("NT", nt_c)],
-        grid=(nt_c, Hq, B),
-        threadgroup=(nt_c, 1, 1),
+        template=[("InT", q.dtype), ("D", D), ("Hq", Hq), ("NSMAX", DECODE_NSMAX), ("NT", COMBINE_NT)],
+        grid=(COMBINE_NT, Hq, B),
+        threadgroup=(COMBINE_NT, 1, 1),
         output_shapes=[(B, 1, Hq * D)],
         output_dtypes=[q.dtype],
     )

@@ -22,3 +22,13 @@ def metal_on_cpu(monkeypatch):
     monkeypatch.setattr(mx.fast, "metal_kernel", metal_emu.metal_kernel)
     monkeypatch.setattr(mx.metal, "is_available", lambda: True)
     yield metal_emu
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    """The names of the kernels looked up from now on (every launch goes through _metal.kernel)."""
+    from qwen35_mlx.kernels import _metal
+    names = set()
+    real = _metal.kernel
+    monkeypatch.setattr(_metal, "kernel", lambda name, backend: names.add(name) or real(name, backend))
+    return names

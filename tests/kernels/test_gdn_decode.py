@@ -142,14 +142,11 @@ def test_planted_bug_is_caught(metal_on_cpu, monkeypatch, bug):
 
 # ---- the whole model on the kernel path ------------------------------------------------------------
 
-def test_model_on_kernel_path_matches_transformers(metal_on_cpu, dense_text_path, monkeypatch):
+def test_model_on_kernel_path_matches_transformers(metal_on_cpu, dense_text_path, launched):
     """Prefill through the chunk kernels, decode through gdn_decode and attn_qk, every norm through rms_norm
     (Metal source on the emulator)."""
     model, _ = load(dense_text_path, dtype="float32")
     hf = load_hf(dense_text_path)
-    launched = set()
-    real = _metal.kernel
-    monkeypatch.setattr(_metal, "kernel", lambda name, backend: launched.add(name) or real(name, backend))
     mx.disable_compile()                  # the emulator runs kernels eagerly, not inside compiled graphs
     try:
         _decode_against_transformers(model, hf)
@@ -159,7 +156,7 @@ def test_model_on_kernel_path_matches_transformers(metal_on_cpu, dense_text_path
                         "attn_decode", "attn_decode_combine"}, launched
 
 
-def test_bf16_model_on_kernel_path(metal_on_cpu, dense_text_path, monkeypatch):
+def test_bf16_model_on_kernel_path(metal_on_cpu, dense_text_path, monkeypatch, launched):
     """bf16 (what users run) through every kernel, attn_flash included (it takes 16-bit operands only): prompt,
     then decode steps on fixed tokens. bf16 itself is 3-8% off float32 on this tiny random model, so the kernel
     path is held to the MLX-ops bf16 path's distance from the float32 model, not to the bf16 path itself."""
@@ -172,9 +169,6 @@ def test_bf16_model_on_kernel_path(metal_on_cpu, dense_text_path, monkeypatch):
         out += [model(mx.array([[t]]), cache=cache)[:, -1] for t in (5, 17, 230)]
         return np.stack([np.array(o.astype(mx.float32)[0]) for o in out])
 
-    launched = set()
-    real = _metal.kernel
-    monkeypatch.setattr(_metal, "kernel", lambda name, backend: launched.add(name) or real(name, backend))
     mx.disable_compile()
     try:
         fast = run("bfloat16")
