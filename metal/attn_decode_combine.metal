@@ -1,35 +1,39 @@
 // attn_decode_combine: attn_decode's splits merged into the attention output, out [B, Hq * D] (the layout o_proj
 // reads at T = 1) = sum_s w_s o_s with w_s = 2^(m_s - M) / sum_s 2^(m_s - M) l_s, M = max_s m_s.
 // o [B, Hq, NS, D], m and l [B, Hq, NS] float32 (attn_decode's), meta as attn_decode's ([S, L, SC]: NS =
-// ceil(S / L) <= NSMAX). Grid (NT, Hq, B), threadgroup NT: one threadgroup per (b, query head).
+// ceil(S / L)). Grid (NT * ceil(D / 32), Hq, B), threadgroup NT = 32 NW: threadgroup x merges columns
+// [32 x, 32 x + 32) of one (b, query head), a lane per column; simdgroup sg takes splits sg, sg + NW, ...
+// (128 bytes of o per split and simdgroup: the many loads of a long cache's splits go out in parallel), then
+// the NW partial sums are added.
+constexpr int NW = NT / 32;
 const int S = meta[0];
 const int L = meta[1];
 const int NS = (S + L - 1) / L;
 const int h = int(tgid.y);
 const int b = int(tgid.z);
+const int c = 32 * int(tgid.x) + int(lane);
 const int64_t r = ((int64_t)b * Hq + h) * NS;
-threadgroup float W[NSMAX];
-threadgroup float red[2];
+threadgroup float part[NT];
 
-if (sg == 0) {
-  float top = -INFINITY;
-  for (int s = int(lane); s < NS; s += 32) top = m[r + s] > top ? m[r + s] : top;
-  for (int k = 16; k > 0; k >>= 1) {
-    const float o = shfl_xor(top, k);
-    top = o > top ? o : top;
-  }
-  float den = 0.0f;
-  for (int s = int(lane); s < NS; s += 32) {
-    W[s] = fexp2(m[r + s] - top);
-    den += W[s] * l[r + s];
-  }
-  for (int k = 16; k > 0; k >>= 1) den += shfl_xor(den, k);
-  if (lane == 0) red[0] = 1.0f / den;
+// Every simdgroup finds M and the denominator itself (NS values each): no barrier before the weighted sum.
+float top = -INFINITY;
+for (int s = int(lane); s < NS; s += 32) top = m[r + s] > top ? m[r + s] : top;
+for (int k = 16; k > 0; k >>= 1) {
+  const float o2 = shfl_xor(top, k);
+  top = o2 > top ? o2 : top;
 }
+float den = 0.0f;
+for (int s = int(lane); s < NS; s += 32) den += fexp2(m[r + s] - top) * l[r + s];
+for (int k = 16; k > 0; k >>= 1) den += shfl_xor(den, k);
+
+float acc = 0.0f;
+if (c < D) {
+  for (int s = int(sg); s < NS; s += NW) acc += fexp2(m[r + s] - top) * o[(r + s) * D + c];
+}
+part[tid] = acc;
 BARRIER();
-const float inv = red[0];
-for (int d = int(tid); d < D; d += NT) {
-  float acc = 0.0f;
-  for (int s = 0; s < NS; ++s) acc += W[s] * o[(r + s) * D + d];
-  out[((int64_t)b * Hq + h) * D + d] = static_cast<InT>(acc * inv);
+if (sg == 0 && c < D) {
+  float sum = 0.0f;
+  UNROLL for (int w = 0; w < NW; ++w) sum += part[32 * w + int(lane)];
+  out[((int64_t)b * Hq + h) * D + c] = static_cast<InT>(sum / den);
 }

@@ -82,9 +82,9 @@ def attn_flash(q, k, v, scale: float, *, causal: bool, backend: str, nt: int = F
 
 DECODE_NT = 128                         # attn_decode: 4 simdgroups
 DECODE_SPLITS = 128                     # aim: keys split over about this many threadgroups per key head
-DECODE_NSMAX = 1024                     # attn_decode_combine's bound on the splits
+DECODE_NSMAX = 1024                     # bound on the splits (attn_decode_combine walks them in a loop)
 DECODE_MAX_G = 8                        # query heads per key head the kernel keeps in registers
-COMBINE_NT = 64                         # attn_decode_combine: threads per (batch, query head)
+COMBINE_NT = 128                        # attn_decode_combine: 4 simdgroups per 32 columns of a query head
 
 
 def decode_backend(q, k) -> str | None:
@@ -133,8 +133,8 @@ def attn_decode(q, kc, vc, S: int, scale: float, *, backend: str, nt: int = DECO
     )
     (out,) = _metal.kernel("attn_decode_combine", backend)(
         inputs=[o, m, l, meta],
-        template=[("InT", q.dtype), ("D", D), ("Hq", Hq), ("NSMAX", DECODE_NSMAX), ("NT", COMBINE_NT)],
-        grid=(COMBINE_NT, Hq, B),
+        template=[("InT", q.dtype), ("D", D), ("Hq", Hq), ("NT", COMBINE_NT)],
+        grid=(COMBINE_NT * -(-D // 32), Hq, B),
         threadgroup=(COMBINE_NT, 1, 1),
         output_shapes=[(B, 1, Hq * D)],
         output_dtypes=[q.dtype],

@@ -54,6 +54,27 @@ def test_two_simdgroups(metal_on_cpu):
     check("qwen35-8q2k-256-bf16", "B2-S300", seed=2, nt=64)
 
 
+@pytest.mark.parametrize("D", [256, 40])
+def test_combine_many_splits(metal_on_cpu, D):
+    """The merge alone over 300 splits (each simdgroup's share many loads long), columns not a multiple of 32,
+    against float64."""
+    B, Hq, S, L = 2, 3, 300 * 64 - 5, 64
+    NS = -(-S // L)
+    rng = np.random.default_rng(D)
+    o = rng.standard_normal((B, Hq, NS, D))
+    m = rng.uniform(-6, 6, (B, Hq, NS))
+    l = rng.uniform(0.5, 40, (B, Hq, NS))
+    (out,) = attn._metal.kernel("attn_decode_combine", "metal")(
+        inputs=[mx.array(o, mx.float32), mx.array(m, mx.float32), mx.array(l, mx.float32),
+                mx.array([S, L, S], dtype=mx.int32)],
+        template=[("InT", mx.float32), ("D", D), ("Hq", Hq), ("NT", attn.COMBINE_NT)],
+        grid=(attn.COMBINE_NT * -(-D // 32), Hq, B), threadgroup=(attn.COMBINE_NT, 1, 1),
+        output_shapes=[(B, 1, Hq * D)], output_dtypes=[mx.float32])
+    w = np.exp2(m - m.max(-1, keepdims=True))
+    ref = (w[..., None] * o).sum(2) / (w * l).sum(-1)[..., None]
+    assert_rel_close(out, mx.array(ref.reshape(B, 1, Hq * D), mx.float32), 1e-5, f"combine D {D}")
+
+
 def test_split_sizes():
     for S, G in ((1, 4), (8192, 4), (32768, 4), (262144, 4), (262144, 8), (100000, 6)):
         L, lmax = attn.decode_split(S, G)
@@ -92,7 +113,8 @@ def test_layer_decode_matches_mlx_path(metal_on_cpu, monkeypatch):
 PLANTED = {
     "scores-barrier": ("attn_decode.metal", "BARRIER();\n\n// 2.", "\n// 2."),
     "split-overrun": ("attn_decode.metal", "(S - j0 < L ? S - j0 : L)", "(S - j0 < L ? S - j0 + 1 : L)"),
-    "combine-unweighted": ("attn_decode_combine.metal", "W[s] = fexp2(m[r + s] - top);", "W[s] = 1.0f;"),
+    "combine-unweighted": ("attn_decode_combine.metal", "acc += fexp2(m[r + s] - top) * o", "acc += o"),
+    "combine-partials": ("attn_decode_combine.metal", "BARRIER();\nif (sg == 0", "if (sg == 0"),
 }
 
 

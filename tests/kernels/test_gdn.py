@@ -260,8 +260,7 @@ def test_cuda_twin_compiles(tmp_path, dt):
                        [("InT", h16), ("D", 256), ("Hq", 8), ("Hkv", 2), ("BK", 32), ("NT", 128), ("CAUSAL", True)]),
         "attn_decode": ([dt] * 3 + [f32, i32], [f32] * 3,
                         [("InT", dt), ("D", 128), ("Hq", 8), ("Hkv", 2), ("LMAX", 1024), ("NT", 128)]),
-        "attn_decode_combine": ([f32] * 3 + [i32], [dt], [("InT", dt), ("D", 128), ("Hq", 8), ("NSMAX", 1024),
-                                                          ("NT", 64)]),
+        "attn_decode_combine": ([f32] * 3 + [i32], [dt], [("InT", dt), ("D", 128), ("Hq", 8), ("NT", 128)]),
     }
     for name, (ins, outs, template) in kernels.items():
         src = tmp_path / f"{name}.cu"
