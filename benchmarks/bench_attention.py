@@ -15,6 +15,10 @@ Errors are relative to a float32 attention on the same bf16 inputs (materialised
 TFLOP/s counts the causal work only: 4 D per (query, visible key) pair and head.
 
     python benchmarks/bench_attention.py [--context 8192 32768 131072] [--chunk 2048 8192] [--out FILE]
+        [--flash-variants NT:BK:QS ...]
+
+--flash-variants adds rows of attn_flash launched with other threadgroup sizes (NT), keys per block (BK) and
+queries in threadgroup memory (QS 0/1), e.g. 128:64:1.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import numpy as np
 from mlx_lm.models.base import scaled_dot_product_attention
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from qwen35_mlx.kernels import _metal  # noqa: E402
+from qwen35_mlx.kernels import _metal, attn  # noqa: E402
+from qwen35_mlx.kernels.gdn import gpu_backend  # noqa: E402
 from qwen35_mlx.model import attention  # noqa: E402
 
 Hq, Hkv, D = 8, 2, 256
@@ -92,6 +97,7 @@ def main(argv=None):
     p.add_argument("--chunk", type=int, nargs="+", default=[2048, 8192])
     p.add_argument("--ref-max", type=int, default=32768)
     p.add_argument("--out")
+    p.add_argument("--flash-variants", nargs="*", default=[])
     args = p.parse_args(argv)
     lines = [f"device {mx.default_device()}, mlx {mx.__version__}; {Hq} q heads / {Hkv} kv heads, D {D}, bf16, "
              "causal chunk of T queries at the end of S keys; ms per call, peak GiB above the inputs, rel. error "
@@ -120,6 +126,10 @@ def main(argv=None):
                 ("8-bit KV: mlx-lm", lambda: scaled_dot_product_attention(q + 0, qk, qv, qc, att.scale, "causal")
                  .transpose(0, 2, 1, 3).reshape(1, T, -1)),
             ]
+            for var in args.flash_variants:
+                nt, bk, qs = map(int, var.split(":"))
+                runs.insert(1, (f"attn_flash {var}", lambda nt=nt, bk=bk, qs=qs: attn.attn_flash(
+                    q, k, v, att.scale, causal=True, backend=gpu_backend(), nt=nt, bk=bk, qs=bool(qs)).reshape(1, T, -1)))
             for name, fn in runs:
                 try:
                     ms, gb = timed(fn)
@@ -139,8 +149,6 @@ def decode_rows(contexts, n=50):
     """Decode: one query per head over S cached keys, the filled rows of a longer cache buffer: MLX's SDPA (its
     vector kernel takes head dim 256) on the view, and our attn_decode + attn_decode_combine on the buffer in
     place. ms per call inside a chain of n dependent calls, K+V bytes read per ms, error vs float32."""
-    from qwen35_mlx.kernels import attn
-    from qwen35_mlx.kernels.gdn import gpu_backend
     out = []
     for S in contexts:
         q = mx.random.normal((1, Hq, 1, D)).astype(mx.bfloat16)

@@ -118,19 +118,23 @@ def check_attn_qk():
 
 
 def check_flash():
-    """attn_flash on the GPU backend, every shape and run of its kernel tests, both threadgroup sizes."""
+    """attn_flash on the GPU backend, every shape and run of its kernel tests, in several launch variants
+    (threads : keys per block : queries in threadgroup memory)."""
     from qwen35_mlx.kernels import attn
     t = test_attn_flash
+    variants = [(64, None, False), (attn.FLASH_NT, None, None), (128, 32, True), (128, 64, True), (256, 64, True)]
     for shape, (Hq, Hkv, D) in t.SHAPES.items():
         for run, (B, T, S, causal) in t.RUNS.items():
             for dt in (mx.bfloat16, mx.float16):
                 q, k, v = t.make(B, T, S, Hq, Hkv, D, dt, seed=T + S)
                 ref = t.reference(q, k, v, D ** -0.5, causal)
-                errs = [rel(attn.attn_flash(q, k, v, D ** -0.5, causal=causal, backend=gpu_backend(), nt=nt), ref)
-                        for nt in (64, attn.FLASH_NT)]
+                errs = [rel(attn.attn_flash(q, k, v, D ** -0.5, causal=causal, backend=gpu_backend(), nt=nt, bk=bk,
+                                            qs=qs), ref) for nt, bk, qs in variants]
                 ok = max(errs) < t.TOL[dt]
-                print(f"attn_flash {shape:16s} {run:15s} {str(dt):14s} err nt64 {errs[0]:.1e} nt{attn.FLASH_NT} "
-                      f"{errs[1]:.1e} {'ok' if ok else 'FAIL'}", flush=True)
+                cells = " ".join(f"{nt}:{bk or '-'}:{'-' if qs is None else int(qs)} {e:.1e}"
+                                 for (nt, bk, qs), e in zip(variants, errs))
+                print(f"attn_flash {shape:16s} {run:15s} {str(dt):14s} err {cells} {'ok' if ok else 'FAIL'}",
+                      flush=True)
 
 
 def check_attn_decode():

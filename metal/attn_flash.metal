@@ -7,6 +7,9 @@
 // one head, one simdgroup per 16 of them, heaviest blocks first. Keys go in blocks of BK through threadgroup
 // memory; scores, max and sums are float32 (scaled to base 2), probabilities are operands in InT (CUDA).
 // Copies overlap compute (cp.async on CUDA): V's with Q K^T, the next K's with the softmax and P V.
+// QS: the queries wait in threadgroup memory, a 16 x 16 piece loaded per k-step, rather than in registers
+// (D / 4 words per lane there): more room for loads in flight beside the D / 2 floats of output per lane. Needs
+// BQ rows more threadgroup memory (CUDA: dynamic shared memory past the static 48 KiB).
 constexpr int NW = NT / 32;
 constexpr int BQ = 16 * NW;
 constexpr int LD = D + 8;                       // row stride in threadgroup memory: 8x8 loads hit distinct banks
@@ -26,12 +29,22 @@ const int last = CAUSAL ? S - T + r0 + 15 : S - 1;   // the last key any of its 
 const int kend = CAUSAL ? min(S, S - T + q0 + BQ) : S;
 const device InT* kp = k + ((int64_t)b * Hkv + hk) * S * D;
 const device InT* vp = v + ((int64_t)b * Hkv + hk) * S * D;
-threadgroup InT Ks[BK * LD];
-threadgroup InT Vs[BK * LD];
+const device InT* qp = q + ((int64_t)b * Hq + h) * T * D;
+TG_ARRAYS_BEGIN
+TG_ARRAY(InT, Qs, QS ? BQ * LD : 8)
+TG_ARRAY(InT, Ks, BK * LD)
+TG_ARRAY(InT, Vs, BK * LD)
 
-frag_a16 qa[D / 16];
-UNROLL for (int ks = 0; ks < D / 16; ++ks) {
-  load_a16<InT>(qa[ks], q + (((int64_t)b * Hq + h) * T + r0) * D + 16 * ks, D, T - r0, lane);
+frag_a16 qa[QS ? 1 : D / 16];
+if (QS) {                                       // rows past T repeat row T - 1 (their outputs are not written)
+  UNROLL for (int i = 0; i < (BQ * CPR + NT - 1) / NT; ++i) {
+    const int e = int(tid) + i * NT;
+    const int r = e / CPR;
+    const int c = (e % CPR) * VW;
+    if (e < BQ * CPR) copy16_async<InT>(Qs + r * LD + c, qp + (int64_t)(q0 + r < T ? q0 + r : T - 1) * D + c);
+  }                                             // committed with K's first block below
+} else {
+  UNROLL for (int ks = 0; ks < D / 16; ++ks) load_a16<InT>(qa[QS ? 0 : ks], qp + (int64_t)r0 * D + 16 * ks, D, T - r0, lane);
 }
 frag_c o[D / 8];
 UNROLL for (int n = 0; n < D / 8; ++n) {
@@ -55,7 +68,7 @@ STAGE(Ks, kp, 0)
 for (int kb = 0; kb < kend; kb += BK) {
   BARRIER();                                    // the last block's P V is done with Vs
   STAGE(Vs, vp, kb)
-  copy_wait<1>();                               // this block's K (all but the V copies just issued)
+  copy_wait<1>();                               // this block's K, and Q first (all but the V copies just issued)
   BARRIER();
   const bool active = kb <= last;
   frag_c s[NB];
@@ -64,11 +77,13 @@ for (int kb = 0; kb < kend; kb += BK) {
       for (int e = 0; e < 4; ++e) s[n].x[e] = 0.0f;
     }
     UNROLL for (int ks = 0; ks < D / 16; ++ks) {
+      const int qi = QS ? 0 : ks;
+      if (QS) load_a16s<InT>(qa[0], Qs + 16 * int(sg) * LD + 16 * ks, LD, lane);
       UNROLL for (int n2 = 0; n2 < NB / 2; ++n2) {
         frag_b16 kt[2];
         load_bt16x2<InT>(kt, Ks + 16 * n2 * LD + 16 * ks, LD, lane);
-        mma16<InT>(s[2 * n2], qa[ks], kt[0]);
-        mma16<InT>(s[2 * n2 + 1], qa[ks], kt[1]);
+        mma16<InT>(s[2 * n2], qa[qi], kt[0]);
+        mma16<InT>(s[2 * n2 + 1], qa[qi], kt[1]);
       }
     }
   }

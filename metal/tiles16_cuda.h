@@ -4,6 +4,7 @@
 // CUDA: one mma.sync m16n8k16 on the words as loaded (no conversion); Metal: two 8x8 float products.
 // Fragments are filled only through the helpers below, so a body never sees their element maps:
 //   load_a16     A from row-major device memory (rows >= nrows read as zeros)
+//   load_a16s    A from row-major threadgroup memory
 //   load_bt16x2  B = M^T for row-major M [n][k] in threadgroup memory: the B fragments of n-tiles n0, n0 + 8
 //   load_b16x2   B = M   for row-major M [k][n] in threadgroup memory: likewise
 //   c_to_a16     two 16x8 accumulators (columns 0-7, 8-15) as one A operand (16 rows x 16 k), rounded to T
@@ -63,8 +64,7 @@ FN uint smem_addr(const void* p) { return uint(__cvta_generic_to_shared(p)); }
 // ldmatrix .x4: lanes 8 m .. 8 m + 7 give the row addresses (16 bytes each) of 8x8 matrix m; word m of a lane is
 // its part of matrix m: (row g, cols 2t, 2t + 1), or with TRANS the transpose's (rows 2t, 2t + 1; col g).
 template <bool TRANS>
-FN void ldsm_x4(frag_b16* b, const void* row) {
-  uint r[4];
+FN void ldsm_x4(uint* r, const void* row) {
   if (TRANS) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(row)));
@@ -72,7 +72,18 @@ FN void ldsm_x4(frag_b16* b, const void* row) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(row)));
   }
+}
+template <bool TRANS>
+FN void ldsm_x4(frag_b16* b, const void* row) {
+  uint r[4];
+  ldsm_x4<TRANS>(r, row);
   b[0].x[0] = r[0]; b[0].x[1] = r[1]; b[1].x[0] = r[2]; b[1].x[1] = r[3];
+}
+
+template <typename T>
+FN void load_a16s(frag_a16& a, const T* p, int ld, uint lane) {
+  const int m = int(lane >> 3);       // matrices: (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), ...
+  ldsm_x4<false>(a.x, p + (8 * (m & 1) + int(lane & 7)) * ld + 8 * (m >> 1));
 }
 
 template <typename T>

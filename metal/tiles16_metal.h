@@ -20,6 +20,14 @@ FN void load_a16(thread frag_a16& a, const device T* p, int ld, int nrows, uint 
 }
 
 template <typename T>
+FN void load_a16s(thread frag_a16& a, const threadgroup T* p, int ld, uint lane) {
+  for (int e = 0; e < 4; ++e) {
+    a.lo.x[e] = float(p[fa_row(lane, e) * ld + fa_col(lane, e)]);
+    a.hi.x[e] = float(p[fa_row(lane, e) * ld + 8 + fa_col(lane, e)]);
+  }
+}
+
+template <typename T>
 FN void c_to_a16(thread frag_a16& a, thread const frag_c& c0, thread const frag_c& c1) {  // same lane maps
   for (int e = 0; e < 4; ++e) {
     a.lo.x[e] = c0.x[e];

@@ -105,7 +105,12 @@ def _header(texts: tuple) -> str:
 
 @lru_cache(maxsize=None)
 def _body(backend: str, text: str) -> str:
+    if backend == "metal":           # TG_ARRAY(T, name, n): a plain array (CUDA: portable_cuda.h carves it)
+        text = _TG_ARRAY.sub(r"threadgroup \1 \2[\3];", text.replace("TG_ARRAYS_BEGIN\n", "\n"))
     return _strip(PROLOGUE[backend] + text)
+
+
+_TG_ARRAY = re.compile(r"^TG_ARRAY\((\w+), (\w+), (.+)\)$", re.M)
 
 
 _COMMENT = re.compile(r"//.*$")
@@ -122,19 +127,23 @@ def f32_scalar(x: float):
     return mx.array([x], dtype=mx.float32)
 
 
-def kernel(name: str, backend: str):
+def kernel(name: str, backend: str, tg_arrays: tuple = ()):
     """The callable kernel `name` for backend "metal" or "cuda" (built on first use). Looked up once per launch
-    (decode makes ~15 launches a step), so by identities: the factory and read_source (tests swap both)."""
+    (decode makes ~15 launches a step), so by identities: the factory and read_source (tests swap both).
+    tg_arrays: the byte sizes of the body's TG_ARRAYs, in order (CUDA carves them from dynamic shared memory)."""
     factory = mx.fast.metal_kernel if backend == "metal" else mx.fast.cuda_kernel
-    return _kernel(name, backend, factory, read_source)
+    smem = sum(-(-n // 16) * 16 for n in tg_arrays) if backend == "cuda" else 0
+    return _kernel(name, backend, factory, read_source, smem)
 
 
 @lru_cache(maxsize=None)
-def _kernel(name, backend, factory, reader):
-    return _build(factory, name, *kernel_source(name, backend))
+def _kernel(name, backend, factory, reader, smem=0):
+    return _build(factory, name, *kernel_source(name, backend), smem)
 
 
 @lru_cache(maxsize=None)
-def _build(factory, name, header, body):
+def _build(factory, name, header, body, smem=0):
     inputs, outputs = KERNELS[name]
-    return factory(name=name, input_names=list(inputs), output_names=list(outputs), source=body, header=header)
+    extra = {"shared_memory": smem} if smem else {}
+    return factory(name=name, input_names=list(inputs), output_names=list(outputs), source=body, header=header,
+                   **extra)

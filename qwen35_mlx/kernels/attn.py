@@ -45,7 +45,8 @@ def attn_qk(proj, qw, kw, inv_freq, pos, eps: float, *, NQ: int, NK: int, D: int
 
 
 FLASH_NT = 128                          # attn_flash: 4 simdgroups, 64 queries per threadgroup
-FLASH_BK = {"cuda": 32, "metal": 16}    # keys per block: K and V blocks in 33 KiB (CUDA: 48 KiB static) / 17 KiB
+FLASH_BK = {"cuda": 32, "metal": 16}    # keys per block: K and V blocks in 33 KiB / 17 KiB (Metal: 32 KiB in all)
+FLASH_QS = {"cuda": False, "metal": False}   # queries from threadgroup memory (CUDA: dynamic shared memory)
 
 
 def flash_backend(q, k, mask) -> str | None:
@@ -59,19 +60,24 @@ def flash_backend(q, k, mask) -> str | None:
     return gpu_backend()
 
 
-def attn_flash(q, k, v, scale: float, *, causal: bool, backend: str, nt: int = FLASH_NT, bk: int | None = None):
+def attn_flash(q, k, v, scale: float, *, causal: bool, backend: str, nt: int = FLASH_NT, bk: int | None = None,
+               qs: bool | None = None):
     """Softmax attention of q [B, Hq, T, D] over k, v [B, Hkv, S, D] (16-bit), causal with the queries at the end
-    of the keys (query i at position S - T + i), or over every key. Returns [B, T, Hq, D] in q's dtype."""
+    of the keys (query i at position S - T + i), or over every key. Returns [B, T, Hq, D] in q's dtype.
+    nt, bk, qs: threads, keys per block, queries in threadgroup memory (defaults per backend above)."""
     B, Hq, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     if causal and S < T:
         raise ValueError(f"attn_flash: {T} causal queries at the end of {S} keys")
     bk = bk or FLASH_BK[backend]
-    (out,) = _metal.kernel("attn_flash", backend)(
+    qs = FLASH_QS[backend] if qs is None else qs
+    row = (D + 8) * q.dtype.size                                   # the body's LD
+    arrays = ((nt // 2) * row if qs else 8 * q.dtype.size, bk * row, bk * row)   # Qs, Ks, Vs
+    (out,) = _metal.kernel("attn_flash", backend, arrays)(
         inputs=[q, k.astype(q.dtype), v.astype(q.dtype), _metal.f32_scalar(float(scale)),
                 mx.array([T, S], dtype=mx.int32)],
         template=[("InT", q.dtype), ("D", D), ("Hq", Hq), ("Hkv", Hkv), ("BK", bk), ("NT", nt),
-                  ("CAUSAL", causal)],
+                  ("CAUSAL", causal), ("QS", qs)],
         grid=(nt * -(-T // (nt // 2)), Hq, B),
         threadgroup=(nt, 1, 1),
         output_shapes=[(B, T, Hq, D)],

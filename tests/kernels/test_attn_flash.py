@@ -47,11 +47,11 @@ def reference(q, k, v, scale, causal):
     return np.einsum("bhts,bhsd->bthd", p / p.sum(-1, keepdims=True), v)
 
 
-def check(shape, run_id, dtype, seed, nt=64):
+def check(shape, run_id, dtype, seed, nt=64, **opts):
     Hq, Hkv, D = SHAPES[shape]
     B, T, S, causal = RUNS[run_id]
     q, k, v = make(B, T, S, Hq, Hkv, D, dtype, seed)
-    out = attn.attn_flash(q, k, v, D ** -0.5, causal=causal, backend="metal", nt=nt)
+    out = attn.attn_flash(q, k, v, D ** -0.5, causal=causal, backend="metal", nt=nt, **opts)
     assert out.shape == (B, T, Hq, D) and out.dtype == dtype
     assert_rel_close(out.astype(mx.float32), reference(q, k, v, D ** -0.5, causal), TOL[dtype], f"{shape} {run_id}")
 
@@ -65,6 +65,14 @@ def test_kernel_matches_reference(metal_on_cpu, shape, run_id):
 def test_half_and_default_threadgroup(metal_on_cpu):
     """fp16 operands; the 128-thread threadgroup the model launches (4 simdgroups, 64 queries)."""
     check("4q1k-64", "B2-two-qblocks", mx.float16, seed=3, nt=attn.FLASH_NT)
+
+
+@pytest.mark.parametrize("run_id", ["B2-two-qblocks", "long-cache"])
+@pytest.mark.parametrize("shape", ["4q1k-64", "3q3k-48"])
+def test_queries_in_threadgroup_memory(metal_on_cpu, shape, run_id):
+    """QS (the queries staged in threadgroup memory, a piece per k-step) with 64-key blocks: a CUDA variant (its
+    head dim 256 passes Metal's 32 KiB, which the emulator holds to, so smaller heads run it here)."""
+    check(shape, run_id, mx.bfloat16, seed=len(run_id) + len(shape), nt=128, bk=64, qs=True)
 
 
 def test_strong_scores_stay_finite(metal_on_cpu):
@@ -103,6 +111,7 @@ PLANTED = {
     "K-overwritten-in-use": ("BARRIER();                                    // everyone is done with Ks", ""),
     "causal-off-by-one": ("key > S - T + qi", "key >= S - T + qi"),
     "no-rescale": ("o[n].x[e] *= alpha[e >> 1];", "o[n].x[e] *= 1.0f;"),
+    "QS-rows-of-simdgroup-0": ("Qs + 16 * int(sg) * LD", "Qs"),
 }
 
 
@@ -110,4 +119,4 @@ PLANTED = {
 def test_planted_bug_is_caught(metal_on_cpu, monkeypatch, bug):
     text, replacement = PLANTED[bug]
     assert_caught(monkeypatch, "attn_flash.metal", text, replacement,
-                  lambda: check("4q1k-64", "chunk-at-end", mx.bfloat16, seed=11))
+                  lambda: check("4q1k-64", "chunk-at-end", mx.bfloat16, seed=11, qs=bug.startswith("QS")))
