@@ -30,5 +30,5 @@ def launched(monkeypatch):
     from qwen35_mlx.kernels import _metal
     names = set()
     real = _metal.kernel
-    monkeypatch.setattr(_metal, "kernel", lambda name, backend: names.add(name) or real(name, backend))
+    monkeypatch.setattr(_metal, "kernel", lambda name, *a: names.add(name) or real(name, *a))
     return names
