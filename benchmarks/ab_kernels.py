@@ -40,8 +40,8 @@ def run(disabled: str, prompt, decode, tree: Path | None = None) -> list:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", nargs="+", default=["attn_qk", "attn_decode", "attn_flash", "gdn_decode", "gdn_conv",
-                                                      "rms_norm"])
+    ap.add_argument("--variants", nargs="+", default=["attn_qk", "attn_decode", "attn_flash", "norm_gemv", "gdn_decode",
+                                                      "gdn_conv", "rms_norm"])
     ap.add_argument("--trees", nargs="*", default=[], type=Path)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--prompt", type=int, nargs="+", default=[1024, 8192])

@@ -27,6 +27,7 @@ from test_gdn_decode import SHAPES, as_float32, make_layer, make_step  # noqa: E
 from test_attn_qk import make_attention  # noqa: E402
 import test_attn_flash  # noqa: E402
 import test_attn_decode  # noqa: E402
+import test_norm_gemv  # noqa: E402
 from qwen35_mlx.model import attention  # noqa: E402
 
 
@@ -92,6 +93,33 @@ def check_norm():
         plain = mx.compile(lambda: norm.rms_norm(x, w, 1e-6, residual=h, backend=None))
         print(f"add + rms_norm, [{rows}, 1024] bf16: fused {timed(fused):.3f} ms, MLX ops (compiled) "
               f"{timed(plain):.3f} ms", flush=True)
+
+
+def check_norm_gemv():
+    """norm_gemv on the GPU backend: its kernel tests' cases plus the 0.8B decode projections, against float64, and
+    timed against the MLX ops it replaces (add + norm kernel, matmul, silu * up; compiled)."""
+    t = test_norm_gemv
+    cases = dict(t.CASES, **{"0.8B GDN in": (1, 1024, 8224, False, True, mx.bfloat16),
+                             "0.8B MLP gate/up": (1, 1024, 3584, True, True, mx.bfloat16)})
+    for case, (M, K, N, glu, add, dt) in cases.items():
+        x, h, nw, w = t.make(M, K, N, glu, dt, seed=K)
+        y = norm.norm_gemv(x, nw, 1e-6, w, residual=h if add else None, glu=glu, backend=gpu_backend())
+        y = y[0] if add else y
+        ref, _ = t.reference(x, h, nw, w, 1e-6, glu, add)
+        err = rel(y, ref)
+        fused = lambda: norm.norm_gemv(x, nw, 1e-6, w, residual=h, glu=glu, backend=gpu_backend())
+
+        def ops(x, h):
+            n, s = norm.rms_norm(x, nw, 1e-6, residual=h)
+            p = n @ w.T
+            if glu:
+                g, u = mx.split(p, 2, axis=-1)
+                p = g * mx.sigmoid(g) * u
+            return p, s
+        plain = mx.compile(ops)
+        print(f"norm_gemv {case:18s} M {M} K {K:5d} N {N:5d} {str(dt):14s} err {err:.1e} "
+              f"{'ok' if err < t.TOL[dt] else 'FAIL'}  one launch {timed(fused):.3f} ms, MLX ops "
+              f"{timed(lambda: plain(x, h)):.3f} ms", flush=True)
 
 
 def check_attn_qk():
@@ -166,6 +194,7 @@ def main():
           f"{gdn_kernels.decode_backend(128, 4)}", flush=True)
     check_flash()
     check_attn_decode()
+    check_norm_gemv()
     check_norm()
     check_attn_qk()
     check_conv()

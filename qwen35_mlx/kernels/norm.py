@@ -1,6 +1,7 @@
 """RMSNorm of the decoder (and of attention's q/k heads), optionally fused with the residual add before it:
 one launch of metal/rms_norm.metal on a GPU backend, MLX ops elsewhere (same numbers up to float32 rounding
-order; the kernel is checked against this MLX-ops branch)."""
+order; the kernel is checked against this MLX-ops branch). For a decode step, norm_gemv also takes the input
+projections after the norm into the same launch (metal/norm_gemv.metal)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,41 @@ def rms_norm(x, weight, eps: float, residual=None, *, backend: str | None = "aut
         grid=(NT * rows, 1, 1),
         threadgroup=(NT, 1, 1),
         output_shapes=[x.shape, x.shape if add else (1,)],
+        output_dtypes=[x.dtype, x.dtype],
+    )
+    return (y, res) if add else y
+
+
+GEMV_NT = 128                 # norm_gemv: 4 simdgroups, 4 outputs each
+GEMV_MAX_BYTES = 16384        # the normalised row in threadgroup memory (Metal has 32 KiB)
+
+
+def gemv_backend(x, w) -> str | None:
+    """The backend norm_gemv runs on here for rows x [..., K] and an unquantized weight w [N, K] of x's dtype, or
+    None: no GPU kernel backend, switched off, quantized or mixed weights, or K past what it takes (a multiple of
+    16 bytes, the row within GEMV_MAX_BYTES)."""
+    K = x.shape[-1]
+    if (w is None or w.dtype != x.dtype or w.ndim != 2 or w.shape[1] != K or (K * x.dtype.size) % 16
+            or K * x.dtype.size > GEMV_MAX_BYTES or not _metal.enabled("norm_gemv")):
+        return None
+    return gpu_backend()
+
+
+def norm_gemv(x, weight, eps: float, w, residual=None, *, glu: bool = False, backend: str):
+    """RMSNorm of x [..., K] (with `residual`: of residual + x, rounded to x's dtype) then the product with w
+    [N, K] (w @ row for each row), in one launch. glu: w holds [gate; up] (2 N rows) and the result is
+    silu(gate) * up, [..., N]. Returns y (and, with residual, the sum residual + x)."""
+    K = x.shape[-1]
+    N = w.shape[0] // 2 if glu else w.shape[0]
+    M = x.size // K
+    add = residual is not None
+    rows_per_tg = GEMV_NT // 32 * 4
+    y, res = _metal.kernel("norm_gemv", backend)(
+        inputs=[residual if add else x, x, weight, w, _metal.f32_scalar(float(eps))],
+        template=[("InT", x.dtype), ("K", K), ("N", N), ("NT", GEMV_NT), ("ADD", add), ("GLU", glu)],
+        grid=(GEMV_NT * -(-N // rows_per_tg), 1, M),
+        threadgroup=(GEMV_NT, 1, 1),
+        output_shapes=[(*x.shape[:-1], N), x.shape if add else (1,)],
         output_dtypes=[x.dtype, x.dtype],
     )
     return (y, res) if add else y

@@ -46,17 +46,8 @@ class Attention(DecodeFusion, nn.Module):
         (a strided view of the projection: finish reads it in place, no copy)."""
         B, T, _ = x.shape
         D = self.head_dim
-        scalar = not isinstance(positions, mx.array) or positions.ndim == 0       # 1-D rope from an offset
-        backend = qk_backend(D, rope.dims) if T == 1 and self._fused is not None and scalar else None
-        if backend:       # decode on a GPU: both norms and ropes in one launch, from the one projection row
-            row = self._fused.joined(x)
-            pos = positions.astype(mx.int32) if isinstance(positions, mx.array) else mx.array(positions, mx.int32)
-            q, k = attn_qk(row, self.q_norm.weight, self.k_norm.weight, rope.inv_freq, pos, self.q_norm.eps,
-                           NQ=self.n_heads, NK=self.n_kv, D=D, rot=rope.dims, backend=backend)
-            nq = 2 * self.n_heads * D
-            gate = row[..., :nq].reshape(B, T, self.n_heads, 2 * D)[..., D:]
-            v = row[..., nq + self.n_kv * D:].reshape(B, T, self.n_kv, D).transpose(0, 2, 1, 3)
-            return q, k, v, gate
+        if self.row_kernel(T, rope, positions):   # decode on a GPU: the projections as one row, then attn_qk
+            return self.project_row(self._fused.joined(x), rope, positions)
         if T == 1 and self._fused is not None:
             q, k, v = self._fused(x)
         else:
@@ -66,6 +57,24 @@ class Attention(DecodeFusion, nn.Module):
         k = self.k_norm(k.reshape(B, T, self.n_kv, D)).transpose(0, 2, 1, 3)
         v = v.reshape(B, T, self.n_kv, D).transpose(0, 2, 1, 3)
         return rope(q, positions), rope(k, positions), v, gate
+
+    def row_kernel(self, T, rope, positions) -> bool:
+        """Whether project_row runs here: one token, a 1-D position, projections fused, attn_qk on a GPU."""
+        scalar = not isinstance(positions, mx.array) or positions.ndim == 0       # 1-D rope from an offset
+        return T == 1 and self._fused is not None and scalar and qk_backend(self.head_dim, rope.dims) is not None
+
+    def project_row(self, row, rope, positions):
+        """project (see above) from the fused projection row [B, 1, P] = [q and gate | k | v]: both norms and
+        ropes in one attn_qk launch."""
+        B, T, _ = row.shape
+        D = self.head_dim
+        pos = positions.astype(mx.int32) if isinstance(positions, mx.array) else mx.array(positions, mx.int32)
+        q, k = attn_qk(row, self.q_norm.weight, self.k_norm.weight, rope.inv_freq, pos, self.q_norm.eps,
+                       NQ=self.n_heads, NK=self.n_kv, D=D, rot=rope.dims, backend=qk_backend(D, rope.dims))
+        nq = 2 * self.n_heads * D
+        gate = row[..., :nq].reshape(B, T, self.n_heads, 2 * D)[..., D:]
+        v = row[..., nq + self.n_kv * D:].reshape(B, T, self.n_kv, D).transpose(0, 2, 1, 3)
+        return q, k, v, gate
 
     def attend(self, q, k, v, mask, cache):
         """Attention of q [B, heads, T, D] over the whole cache. Where a GPU backend runs our kernels, a decode

@@ -69,6 +69,12 @@ class Projections:
         return len(modules) == len(self.modules) and all(
             m is o and dict.get(m, "weight") is w for m, o, w in zip(modules, self.modules, self.weights))
 
+    def dense_weight(self):
+        """The weight of the one matmul all layers share, if it is a plain (unquantized) one, else None."""
+        if len(self.parts) == 1 and isinstance(self.parts[0], FusedLinear) and self.parts[0].quant is None:
+            return self.parts[0].arrays["weight"]
+        return None
+
     def joined(self, x):
         """The outputs concatenated on the last axis (no copy when all layers share one matmul)."""
         if len(self.parts) == 1 and isinstance(self.parts[0], FusedLinear):

@@ -94,15 +94,11 @@ class GatedDeltaNet(DecodeFusion, nn.Module):
         B, T, _ = x.shape
         if mask is not None:
             x = mx.where(mask[..., None], x, 0)                       # padding contributes nothing
-        backend = gdn_kernels.decode_backend(self.Dk, self.K)
-        if T == 1 and mask is None and conv is not None and state is not None and backend:
+        if mask is None and self.row_kernel(T, conv, state):
             # decode on a GPU: the projections as one row [qkv | z | b | a], the rest in one kernel
             proj = self._fused.joined(x) if self._fused is not None else mx.concatenate(
                 [self.in_proj_qkv(x), self.in_proj_z(x), self.in_proj_b(x), self.in_proj_a(x)], axis=-1)
-            y, conv, state = gdn_kernels.gdn_decode(
-                proj[:, 0], conv, self.conv1d.weight[:, :, 0], self.A_log, self.dt_bias, self.norm.weight, state,
-                self.norm.eps, Hk=self.Hk, Hv=self.Hv, Dk=self.Dk, Dv=self.Dv, backend=backend)
-            return self.out_proj(y[:, None]), conv, state
+            return self.mix_row(proj, conv, state)
         if T == 1 and self._fused is not None:
             qkv, z, b, a = self._fused(x)
         else:
@@ -120,6 +116,20 @@ class GatedDeltaNet(DecodeFusion, nn.Module):
         y, state = gated_delta(q, k, v, g, beta, state, mask=mask)
         y = self.norm(y.astype(x.dtype), z)
         return self.out_proj(y.reshape(B, T, -1)), conv, state
+
+    def row_kernel(self, T, conv, state) -> bool:
+        """Whether mix_row runs here: one token, with a state, gdn_decode on a GPU."""
+        return T == 1 and conv is not None and state is not None and \
+            gdn_kernels.decode_backend(self.Dk, self.K) is not None
+
+    def mix_row(self, proj, conv, state):
+        """mix (see above) of one token from its projection row [B, 1, P] = [qkv | z | b | a]: everything up to
+        out_proj in one gdn_decode launch."""
+        y, conv, state = gdn_kernels.gdn_decode(
+            proj[:, 0], conv, self.conv1d.weight[:, :, 0], self.A_log, self.dt_bias, self.norm.weight, state,
+            self.norm.eps, Hk=self.Hk, Hv=self.Hv, Dk=self.Dk, Dv=self.Dv,
+            backend=gdn_kernels.decode_backend(self.Dk, self.K))
+        return self.out_proj(y[:, None]), conv, state
 
     def conv_gates(self, qkv, conv, a, b):
         """The conv, q/k norms and gates in MLX ops (gdn_conv's reference): -> q, k, v, g, beta, new history."""

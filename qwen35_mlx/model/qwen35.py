@@ -11,6 +11,7 @@ import numpy as np
 from ..cache import ModelCache
 from ..config import Qwen35Config, TextConfig
 from ..errors import PromptError
+from ..kernels.norm import gemv_backend, norm_gemv
 from .attention import Attention
 from .fused import DecodeFusion
 from .gated_deltanet import GatedDeltaNet
@@ -41,8 +42,12 @@ class DecoderLayer(nn.Module):
 
     def project_step(self, x, h, rope, off):
         """decode, attention layer, up to its KV cache: (stream pair, position) -> (stream, q, k, v, gate)."""
+        at = self.self_attn
+        if at.row_kernel(1, rope, off):
+            row, x = self._norm_row(x, h, self.input_layernorm, at._fused)
+            return x, *at.project_row(row, rope, off)
         n, x = self._norm_in(x, h)
-        return x, *self.self_attn.project(n, rope, off)
+        return x, *at.project(n, rope, off)
 
     def finish_step(self, x, out, gate):
         """decode, attention layer, after attending: -> the stream pair."""
@@ -54,16 +59,41 @@ class DecoderLayer(nn.Module):
             return self.input_layernorm(x), x
         return self.input_layernorm.residual(x, h)
 
+    def _norm_row(self, x, h, norm, fused, glu=False):
+        """decode: (the fused projections `fused` of norm(x + h) as one row, the stream x + h). One norm_gemv
+        launch where it runs (add, norm and matrix-vector product), else the norm then the matmul (with glu:
+        silu(gate) * up of the [gate; up] row)."""
+        w = fused.dense_weight()
+        backend = gemv_backend(x, w)
+        if backend:
+            if h is None:
+                return norm_gemv(x, norm.weight, norm.eps, w, glu=glu, backend=backend), x
+            return norm_gemv(h, norm.weight, norm.eps, w, residual=x, glu=glu, backend=backend)
+        n, x = (norm(x), x) if h is None else norm.residual(x, h)
+        if glu:
+            gate, up = fused(n)
+            return nn.silu(gate) * up, x
+        return fused.joined(n), x
+
     def _mlp_block(self, x, out):
         """The residual add of the mixer output, then the MLP: -> (stream, MLP output), the pair the next
         layer adds."""
+        mlp = self.mlp
+        if x.shape[-2] == 1 and isinstance(mlp, MLP) and mlp._fused is not None:      # decode: fused gate/up
+            act, x = self._norm_row(x, out, self.post_attention_layernorm, mlp._fused, glu=True)
+            return x, mlp.down_proj(act)
         n, x = self.post_attention_layernorm.residual(x, out)
-        return x, self.mlp(n)
+        return x, mlp(n)
 
     def linear_step(self, x, h, conv, state):
         """decode, one GDN layer: (x, h, conv history, state) -> (x, h, new conv history, new state)."""
-        n, x = self._norm_in(x, h)
-        out, conv, state = self.linear_attn.mix(n, conv, state)
+        a = self.linear_attn
+        if a.row_kernel(1, conv, state) and a._fused is not None:
+            row, x = self._norm_row(x, h, self.input_layernorm, a._fused)
+            out, conv, state = a.mix_row(row, conv, state)
+        else:
+            n, x = self._norm_in(x, h)
+            out, conv, state = a.mix(n, conv, state)
         return *self._mlp_block(x, out), conv, state
 
     def ensure_fused(self) -> list:

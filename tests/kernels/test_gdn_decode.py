@@ -143,8 +143,8 @@ def test_planted_bug_is_caught(metal_on_cpu, monkeypatch, bug):
 # ---- the whole model on the kernel path ------------------------------------------------------------
 
 def test_model_on_kernel_path_matches_transformers(metal_on_cpu, dense_text_path, launched):
-    """Prefill through the chunk kernels, decode through gdn_decode and attn_qk, every norm through rms_norm
-    (Metal source on the emulator)."""
+    """Prefill through the chunk kernels, decode through norm_gemv (norms with the input projections after them),
+    gdn_decode and attn_qk, the other norms through rms_norm (Metal source on the emulator)."""
     model, _ = load(dense_text_path, dtype="float32")
     hf = load_hf(dense_text_path)
     mx.disable_compile()                  # the emulator runs kernels eagerly, not inside compiled graphs
@@ -153,7 +153,7 @@ def test_model_on_kernel_path_matches_transformers(metal_on_cpu, dense_text_path
     finally:
         mx.enable_compile()
     assert launched == {"gdn_chunk_prep", "gdn_chunk_scan", "gdn_conv", "gdn_decode", "rms_norm", "attn_qk",
-                        "attn_decode", "attn_decode_combine"}, launched
+                        "attn_decode", "attn_decode_combine", "norm_gemv"}, launched
 
 
 def test_bf16_model_on_kernel_path(metal_on_cpu, dense_text_path, monkeypatch, launched):
@@ -172,7 +172,8 @@ def test_bf16_model_on_kernel_path(metal_on_cpu, dense_text_path, monkeypatch, l
     mx.disable_compile()
     try:
         fast = run("bfloat16")
-        assert {"attn_flash", "attn_decode", "attn_decode_combine", "attn_qk", "gdn_decode"} <= launched, launched
+        assert {"attn_flash", "attn_decode", "attn_decode_combine", "attn_qk", "gdn_decode", "norm_gemv"} <= launched, \
+            launched
         monkeypatch.setattr(_metal, "DISABLED", frozenset(_metal.KERNELS))
         slow, ref = run("bfloat16"), run("float32")
     finally:
