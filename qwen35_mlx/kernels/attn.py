@@ -44,9 +44,11 @@ def attn_qk(proj, qw, kw, inv_freq, pos, eps: float, *, NQ: int, NK: int, D: int
     return q, k
 
 
-FLASH_NT = 128                          # attn_flash: 4 simdgroups, 64 queries per threadgroup
-FLASH_BK = {"cuda": 32, "metal": 16}    # keys per block: K and V blocks in 33 KiB / 17 KiB (Metal: 32 KiB in all)
-FLASH_QS = {"cuda": False, "metal": False}   # queries from threadgroup memory (CUDA: dynamic shared memory)
+# attn_flash launch, per backend: threads (NT / 2 queries per threadgroup), keys per block, queries from
+# threadgroup memory (CUDA: dynamic shared memory; Metal's 32 KiB cannot hold them beside K and V at head dim 256)
+FLASH_NT = {"cuda": 128, "metal": 128}
+FLASH_BK = {"cuda": 32, "metal": 16}    # K and V blocks in 33 KiB / 17 KiB
+FLASH_QS = {"cuda": False, "metal": False}
 
 
 def flash_backend(q, k, mask) -> str | None:
@@ -60,7 +62,7 @@ def flash_backend(q, k, mask) -> str | None:
     return gpu_backend()
 
 
-def attn_flash(q, k, v, scale: float, *, causal: bool, backend: str, nt: int = FLASH_NT, bk: int | None = None,
+def attn_flash(q, k, v, scale: float, *, causal: bool, backend: str, nt: int | None = None, bk: int | None = None,
                qs: bool | None = None):
     """Softmax attention of q [B, Hq, T, D] over k, v [B, Hkv, S, D] (16-bit), causal with the queries at the end
     of the keys (query i at position S - T + i), or over every key. Returns [B, T, Hq, D] in q's dtype.
@@ -69,7 +71,7 @@ def attn_flash(q, k, v, scale: float, *, causal: bool, backend: str, nt: int = F
     Hkv, S = k.shape[1], k.shape[2]
     if causal and S < T:
         raise ValueError(f"attn_flash: {T} causal queries at the end of {S} keys")
-    bk = bk or FLASH_BK[backend]
+    nt, bk = nt or FLASH_NT[backend], bk or FLASH_BK[backend]
     qs = FLASH_QS[backend] if qs is None else qs
     row = (D + 8) * q.dtype.size                                   # the body's LD
     arrays = ((nt // 2) * row if qs else 8 * q.dtype.size, bk * row, bk * row)   # Qs, Ks, Vs

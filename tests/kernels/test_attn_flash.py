@@ -64,7 +64,7 @@ def test_kernel_matches_reference(metal_on_cpu, shape, run_id):
 
 def test_half_and_default_threadgroup(metal_on_cpu):
     """fp16 operands; the 128-thread threadgroup the model launches (4 simdgroups, 64 queries)."""
-    check("4q1k-64", "B2-two-qblocks", mx.float16, seed=3, nt=attn.FLASH_NT)
+    check("4q1k-64", "B2-two-qblocks", mx.float16, seed=3, nt=attn.FLASH_NT["metal"])
 
 
 @pytest.mark.parametrize("run_id", ["B2-two-qblocks", "long-cache"])
