@@ -13,9 +13,9 @@
 #define BARRIER() __syncthreads()
 #define BARRIER_DEVICE() __syncthreads()
 #define UNROLL _Pragma("unroll")
-// Threadgroup arrays that together may pass CUDA's 48 KiB of static shared memory: carved, 16-byte aligned, from
-// the launch's dynamic shared memory (the driver passes their total: _metal.kernel's tg_arrays). On Metal the
-// driver writes them as plain `threadgroup T name[n];` declarations (_metal._body).
+// Threadgroup arrays that together may pass CUDA's 48 KiB of static shared memory: where they do, carved,
+// 16-byte aligned, from the launch's dynamic shared memory (the driver passes their total: _metal.kernel's
+// tg_arrays); otherwise (and on Metal) the driver writes them as plain `threadgroup T name[n];` (_metal._body).
 #define TG_ARRAYS_BEGIN extern __shared__ __align__(16) unsigned char tg_dyn_[]; int tg_off_ = 0;
 #define TG_ARRAY(T, name, n) \
   T* const name = reinterpret_cast<T*>(tg_dyn_ + tg_off_); tg_off_ += (int(sizeof(T)) * (n) + 15) / 16 * 16;

@@ -91,10 +91,11 @@ TILE_HEADERS = {
 }
 
 
-def kernel_source(name: str, backend: str) -> tuple[str, str]:
-    """(header, body) exactly as handed to the backend's kernel factory."""
+def kernel_source(name: str, backend: str, dynamic: bool = False) -> tuple[str, str]:
+    """(header, body) exactly as handed to the backend's kernel factory; dynamic: the body's TG_ARRAYs are carved
+    from dynamic shared memory (CUDA only), not declared as arrays."""
     parts = [f"portable_{backend}.h"] + [h.format(backend) for h in TILE_HEADERS.get(name, ())]
-    return _header(tuple(read_source(p) for p in parts)), _body(backend, read_source(f"{name}.metal"))
+    return _header(tuple(read_source(p) for p in parts)), _body(backend, read_source(f"{name}.metal"), dynamic)
 
 
 # Keyed by the source texts (read once, so their hashes are cached): a launch finds its stripped text in a
@@ -105,8 +106,8 @@ def _header(texts: tuple) -> str:
 
 
 @lru_cache(maxsize=None)
-def _body(backend: str, text: str) -> str:
-    if backend == "metal":           # TG_ARRAY(T, name, n): a plain array (CUDA: portable_cuda.h carves it)
+def _body(backend: str, text: str, dynamic: bool = False) -> str:
+    if not dynamic:                  # TG_ARRAY(T, name, n): a plain array (else portable_cuda.h carves it)
         text = _TG_ARRAY.sub(r"threadgroup \1 \2[\3];", text.replace("TG_ARRAYS_BEGIN\n", "\n"))
     return _strip(PROLOGUE[backend] + text)
 
@@ -131,15 +132,19 @@ def f32_scalar(x: float):
 def kernel(name: str, backend: str, tg_arrays: tuple = ()):
     """The callable kernel `name` for backend "metal" or "cuda" (built on first use). Looked up once per launch
     (decode makes ~15 launches a step), so by identities: the factory and read_source (tests swap both).
-    tg_arrays: the byte sizes of the body's TG_ARRAYs, in order (CUDA carves them from dynamic shared memory)."""
+    tg_arrays: the byte sizes of the body's TG_ARRAYs, in order: past CUDA's 48 KiB of static shared memory they
+    are carved from dynamic shared memory."""
     factory = mx.fast.metal_kernel if backend == "metal" else mx.fast.cuda_kernel
-    smem = sum(-(-n // 16) * 16 for n in tg_arrays) if backend == "cuda" else 0
-    return _kernel(name, backend, factory, read_source, smem)
+    smem = sum(-(-n // 16) * 16 for n in tg_arrays)
+    return _kernel(name, backend, factory, read_source, smem if backend == "cuda" and smem > STATIC_SMEM else 0)
+
+
+STATIC_SMEM = 48 * 1024
 
 
 @lru_cache(maxsize=None)
 def _kernel(name, backend, factory, reader, smem=0):
-    return _build(factory, name, *kernel_source(name, backend), smem)
+    return _build(factory, name, *kernel_source(name, backend, smem > 0), smem)
 
 
 @lru_cache(maxsize=None)

@@ -223,7 +223,8 @@ CUDA_TYPES = {mx.float32: "float", mx.bfloat16: "__nv_bfloat16", mx.float16: "__
 def cuda_text(name, in_types, out_types, template):
     """The kernel text MLX's cuda_kernel builds (mlx/backend/cuda/custom_kernel.cpp), with its default
     header (MLX's device utilities, not installed here) reduced to the CUDA headers it includes."""
-    header, body = _metal.kernel_source(name, "cuda")
+    dynamic = dict(template).get("QS", False)                        # attn_flash's queries: past 48 KiB
+    header, body = _metal.kernel_source(name, "cuda", dynamic)
     ins, outs = _metal.KERNELS[name]
     params = []
     for n, t in zip(ins, in_types):
