@@ -3,15 +3,18 @@
 // and beta gates (float32), and the conv history the run leaves behind. In MLX ops that is ~10 launches and as
 // many passes over qkv; here one pass, in float32 and rounded once.
 // Reference: the MLX-ops branch of GatedDeltaNet.mix (qwen35_mlx/model/gated_deltanet.py).
-// Grid (32 * ceil(T / TPG), 2 Hk + Hv, B), threadgroup (32, 1, 1): one simdgroup per (run of TPG tokens, head
-// slot); slots 0 .. Hk-1 are the q heads, then the k heads, then the value heads (which also make the gates).
+// Grid (32 SPT * ceil(T / TPG), ceil((2 Hk + Hv) / SPT), B), threadgroup (32 SPT, 1, 1): one simdgroup per
+// (run of TPG tokens, head slot), SPT slots per threadgroup (a GPU holds only so many threadgroups at once);
+// slots 0 .. Hk-1 are the q heads, then the k heads, then the value heads (which also make the gates).
 // A lane holds groups of 4 consecutive channels of its head (4 lane, 4 (lane + 32), ...) with their K taps, and
 // the last K rows of [history; qkv] it read: each row is read once per slot, plus K - 1 rows before the run.
+// The next token's row is loaded (as raw words) while this one's is computed, so its latency is hidden.
 constexpr int KEY_DIM = Hk * Dk;
 constexpr int CD = 2 * KEY_DIM + Hv * Dv;
 constexpr int GPL = ((Dk > Dv ? Dk : Dv) / 4 + 31) / 32;   // channel groups per lane
 const int n_tok = meta[0];
-const int slot = int(tgid.y);
+const int slot = int(tgid.y) * SPT + int(sg);
+if (slot >= 2 * Hk + Hv) return;              // no barriers below: a spare simdgroup may leave
 const int b = int(tgid.z);
 const int t0 = int(tgid.x) * TPG;
 const bool is_v = slot >= 2 * Hk;
@@ -42,18 +45,32 @@ UNROLL for (int j = 0; j < GPL; ++j) {
 UNROLL for (int s = 1; s < K; ++s) {
   GDN_CONV_ROW(s, t0 + s - 1)
 }
+constexpr int WPG = 4 * int(sizeof(InT)) / 4;   // words of a group of 4 channels
+uint nx[GPL][WPG];                              // row t + K - 1 of the next token t, as loaded
+// Raw words of row i of [history; qkv], this lane's channels (zeros past the head or past the run).
+#define GDN_CONV_FETCH(i, ok)                                                                   \
+  UNROLL for (int j = 0; j < GPL; ++j) {                                                        \
+    const int ch = 4 * (int(lane) + 32 * j);                                                    \
+    if (ch < D && (ok)) {                                                                       \
+      rload<4>(nx[j], (i) < K - 1 ? hb + (i) * CD + c0 + ch : xb + int64_t((i) - (K - 1)) * CD + c0 + ch); \
+    } else {                                                                                    \
+      UNROLL for (int e = 0; e < WPG; ++e) nx[j][e] = 0u;                                       \
+    }                                                                                           \
+  }
 
 const float a_log = is_v ? fexp(float(A_log[hv])) : 0.0f;
 const float dtb = is_v ? float(dt_bias[hv]) : 0.0f;
 const float out_scale = slot < Hk ? frsqrt(float(Dk)) : 1.0f;
 const int t_end = t0 + TPG < n_tok ? t0 + TPG : n_tok;
+GDN_CONV_FETCH(t0 + K - 1, t0 < t_end)
 for (int t = t0; t < t_end; ++t) {
   UNROLL for (int s = 0; s < K - 1; ++s) {
     UNROLL for (int j = 0; j < GPL; ++j) {
       UNROLL for (int e = 0; e < 4; ++e) r[s][j][e] = r[s + 1][j][e];
     }
   }
-  GDN_CONV_ROW(K - 1, t + K - 1)
+  UNROLL for (int j = 0; j < GPL; ++j) runpack<4, InT>(r[K - 1][j], nx[j]);
+  GDN_CONV_FETCH(t + K, t + 1 < t_end)
   float act[GPL][4];
   float ss = 0.0f;
   UNROLL for (int j = 0; j < GPL; ++j) {
@@ -106,3 +123,4 @@ if (t_end == n_tok) {
     }
   }
 }
+#undef GDN_CONV_FETCH

@@ -25,7 +25,8 @@ NT_PREP = 128       # threads per threadgroup: gdn_chunk_prep
 NT_SCAN = 256       # gdn_chunk_scan: 8 simdgroups, one phase-A task and one state row pair each at Dk=128
 NT_STEP = 64        # gdn_step
 NT_DECODE = 128     # gdn_decode: one threadgroup per value head
-CONV_TPG = 16       # gdn_conv: tokens per threadgroup (one simdgroup per run of tokens and head)
+CONV_TPG = 16       # gdn_conv: tokens per run (one simdgroup per run of tokens and head)
+CONV_SPT = 2        # gdn_conv: simdgroups (head slots) per threadgroup
 STEP_MAX_T = 16     # below this many steps the recurrent kernel beats the two chunk launches
 SEGMENT_BYTES = 1 << 30  # bound on the prep -> scan intermediates of one launch pair
 BACKENDS = ("metal", "cuda")
@@ -236,7 +237,8 @@ def conv_backend(Dk: int, Dv: int, conv_kernel: int) -> str | None:
     return gpu_backend()
 
 
-def gdn_conv(qkv, conv, conv_w, a, b, A_log, dt_bias, *, Hk: int, Hv: int, Dk: int, Dv: int, backend: str):
+def gdn_conv(qkv, conv, conv_w, a, b, A_log, dt_bias, *, Hk: int, Hv: int, Dk: int, Dv: int, backend: str,
+             spt: int = CONV_SPT):
     """A GDN mixer's conv, q/k norms and gates for a run of tokens, fused (metal/gdn_conv.metal).
 
     qkv [B, T, 2 Hk Dk + Hv Dv] (the flat [q | k | v] projection), conv [B, K-1, same] history, conv_w [same, K],
@@ -249,9 +251,10 @@ def gdn_conv(qkv, conv, conv_w, a, b, A_log, dt_bias, *, Hk: int, Hv: int, Dk: i
     out = _metal.kernel("gdn_conv", backend)(
         inputs=[qkv, conv.astype(dt), conv_w, a, b, A_log, dt_bias,
                 mx.array([T], dtype=mx.int32)],
-        template=[("InT", dt), ("Dk", Dk), ("Dv", Dv), ("Hk", Hk), ("Hv", Hv), ("K", K), ("TPG", CONV_TPG)],
-        grid=(32 * -(-T // CONV_TPG), 2 * Hk + Hv, B),
-        threadgroup=(32, 1, 1),
+        template=[("InT", dt), ("Dk", Dk), ("Dv", Dv), ("Hk", Hk), ("Hv", Hv), ("K", K), ("TPG", CONV_TPG),
+                  ("SPT", spt)],
+        grid=(32 * spt * -(-T // CONV_TPG), -(-(2 * Hk + Hv) // spt), B),
+        threadgroup=(32 * spt, 1, 1),
         output_shapes=[(B, T, Hk, Dk), (B, T, Hk, Dk), (B, T, Hv, Dv), (B, T, Hv), (B, T, Hv), (B, K - 1, CD)],
         output_dtypes=[dt, dt, dt, f32, f32, dt],
     )

@@ -27,20 +27,20 @@ def make_run(layer, B, T, dtype, seed=1, history=True):
     return f(B, T, CD), conv, f(B, T, layer.Hv), f(B, T, layer.Hv)
 
 
-def run_kernel(layer, qkv, conv, a, b, backend="metal"):
+def run_kernel(layer, qkv, conv, a, b, backend="metal", spt=gdn_kernels.CONV_SPT):
     B, _, CD = qkv.shape
     conv = mx.zeros((B, layer.K - 1, CD), qkv.dtype) if conv is None else conv
     return gdn_kernels.gdn_conv(qkv, conv, layer.conv1d.weight[:, :, 0], a, b, layer.A_log, layer.dt_bias,
-                                Hk=layer.Hk, Hv=layer.Hv, Dk=layer.Dk, Dv=layer.Dv, backend=backend)
+                                Hk=layer.Hk, Hv=layer.Hv, Dk=layer.Dk, Dv=layer.Dv, backend=backend, spt=spt)
 
 
-def check(layer, qkv, conv, a, b, dtype, name):
+def check(layer, qkv, conv, a, b, dtype, name, spt=gdn_kernels.CONV_SPT):
     ref = as_float32(layer)
     f = lambda x: x.astype(mx.float32)
     B, _, CD = qkv.shape
     zeros = mx.zeros((B, layer.K - 1, CD), mx.float32)
     want = ref.conv_gates(f(qkv), zeros if conv is None else f(conv), f(a), f(b))
-    got = run_kernel(layer, qkv, conv, a, b)
+    got = run_kernel(layer, qkv, conv, a, b, spt=spt)
     for part, x, y in zip(("q", "k", "v", "g", "beta", "history"), got, want):
         assert x.shape == y.shape, f"{name} {part} shape {x.shape} != {y.shape}"
         if part == "history":
@@ -72,6 +72,13 @@ def test_conv_kernel_matches_mlx_ops(metal_on_cpu, shape, run, dtype):
     B, T, history = RUNS[run]
     layer = make_layer(*SHAPES[shape], dtype, seed=list(SHAPES).index(shape))
     check(layer, *make_run(layer, B, T, dtype, seed=list(RUNS).index(run), history=history), dtype, f"{shape} {run}")
+
+
+@pytest.mark.parametrize("spt", [1, 3])
+def test_slots_per_threadgroup(metal_on_cpu, spt):
+    """One head slot per threadgroup, and three (8 slots: the last threadgroup has a spare simdgroup)."""
+    layer = make_layer(*SHAPES["tiny-2x4-32x48"], mx.float32, seed=2)
+    check(layer, *make_run(layer, 2, 37, mx.float32, seed=3, history=True), mx.float32, f"spt {spt}", spt=spt)
 
 
 def test_mixer_prefill_takes_the_kernel(metal_on_cpu, monkeypatch):
@@ -109,6 +116,10 @@ PLANTED = {  # id: (exact text in gdn_conv.metal, replacement, shape id, run id)
                            "T37-partial-run-no-history"),
     "second-channel-group-dropped": ("constexpr int GPL = ((Dk > Dv ? Dk : Dv) / 4 + 31) / 32;",
                                      "constexpr int GPL = 1;", "dv200-two-groups-per-lane", "T40-history"),
+    "prefetch-repeats-the-row": ("GDN_CONV_FETCH(t + K, t + 1 < t_end)", "GDN_CONV_FETCH(t + K - 1, t + 1 < t_end)",
+                                 "tiny-2x4-32x48", "T40-history"),
+    "slots-of-a-threadgroup-alike": ("const int slot = int(tgid.y) * SPT + int(sg);",
+                                     "const int slot = int(tgid.y) * SPT;", "tiny-2x4-32x48", "T40-history"),
     "gates-of-the-wrong-head": ("beta[bt * Hv + hv] = 1.0f / (1.0f + fexp(-float(b_in[bt * Hv + hv])));",
                                 "beta[bt * Hv + hv] = 1.0f / (1.0f + fexp(-float(b_in[bt * Hv]))));",
                                 "tiny-2x4-32x48", "T40-history"),
