@@ -74,9 +74,10 @@ def test_conv_kernel_matches_mlx_ops(metal_on_cpu, shape, run, dtype):
     check(layer, *make_run(layer, B, T, dtype, seed=list(RUNS).index(run), history=history), dtype, f"{shape} {run}")
 
 
-@pytest.mark.parametrize("spt", [1, 3])
+@pytest.mark.parametrize("spt", [2, 3])
 def test_slots_per_threadgroup(metal_on_cpu, spt):
-    """One head slot per threadgroup, and three (8 slots: the last threadgroup has a spare simdgroup)."""
+    """Several head slots per threadgroup (the default is one): 2, and 3 (8 slots: the last threadgroup has a
+    spare simdgroup)."""
     layer = make_layer(*SHAPES["tiny-2x4-32x48"], mx.float32, seed=2)
     check(layer, *make_run(layer, 2, 37, mx.float32, seed=3, history=True), mx.float32, f"spt {spt}", spt=spt)
 
@@ -132,4 +133,6 @@ def test_planted_bug_is_caught(metal_on_cpu, monkeypatch, bug):
     B, T, history = RUNS[run]
     layer = make_layer(*SHAPES[shape], mx.float32, seed=5)
     args = make_run(layer, B, T, mx.float32, seed=6, history=history)
-    assert_caught(monkeypatch, "gdn_conv.metal", text, replacement, lambda: check(layer, *args, mx.float32, bug))
+    spt = 2 if bug.startswith("slots") else gdn_kernels.CONV_SPT          # several slots per threadgroup to tell apart
+    assert_caught(monkeypatch, "gdn_conv.metal", text, replacement,
+                  lambda: check(layer, *args, mx.float32, bug, spt=spt))
