@@ -2,9 +2,13 @@
 same weights and inputs), and timed fused against unfused at the Qwen3.5-0.8B shapes:
 gdn_decode (a GDN mixer's decode step), gdn_conv (prefill conv / norms / gates), rms_norm (with the residual add),
 attn_qk (attention's q/k norms and rope in decode); attn_flash (prefill attention) and attn_decode (decode
-attention) against float64 on their kernel tests' shapes (their timing: bench_attention.py). (The chunk kernels have their own: bench_gdn.py.)
+attention) against float64 on their kernel tests' shapes (their timing: bench_attention.py); norm_gemv (a decode
+block's add + norm + input projections) against float64, timed against the MLX ops it replaces. (The chunk
+kernels have their own: bench_gdn.py.)
 
-    python benchmarks/check_kernels.py
+    python benchmarks/check_kernels.py [--only flash attn_decode norm_gemv norm attn_qk conv gdn_decode]
+
+Each check JIT-builds its kernels on first use (seconds each on CUDA): --only keeps a short device session short.
 """
 
 from __future__ import annotations
@@ -189,15 +193,7 @@ def per_call(fn, x, conv, state, n=100):
     return (time.perf_counter() - t) / n * 1e3
 
 
-def main():
-    print(f"device {mx.default_device()}, mlx {mx.__version__}, kernel backend "
-          f"{gdn_kernels.decode_backend(128, 4)}", flush=True)
-    check_flash()
-    check_attn_decode()
-    check_norm_gemv()
-    check_norm()
-    check_attn_qk()
-    check_conv()
+def check_gdn_decode():
     for shape, (B, Hk, Hv, Dk, Dv) in SHAPES.items():
         for dt in (mx.float32, mx.bfloat16):
             layer = make_layer(Hk, Hv, Dk, Dv, dt, seed=list(SHAPES).index(shape))
@@ -213,6 +209,20 @@ def main():
     print(f"mixer step, Qwen3.5-0.8B GDN shape, bf16, compiled, chained: fused {per_call(fused, x, conv, state):.3f} ms, "
           f"unfused {per_call(mx.compile(lambda *a: unfused(layer, *a)), x, conv, state):.3f} ms", flush=True)
 
+
+CHECKS = {"flash": check_flash, "attn_decode": check_attn_decode, "norm_gemv": check_norm_gemv, "norm": check_norm,
+          "attn_qk": check_attn_qk, "conv": check_conv, "gdn_decode": check_gdn_decode}
+
+
+def main(argv=None):
+    import argparse
+    p = argparse.ArgumentParser()
+    p.add_argument("--only", nargs="+", choices=list(CHECKS), default=list(CHECKS))
+    args = p.parse_args(argv)
+    print(f"device {mx.default_device()}, mlx {mx.__version__}, kernel backend "
+          f"{gdn_kernels.decode_backend(128, 4)}", flush=True)
+    for name in args.only:
+        CHECKS[name]()
 
 if __name__ == "__main__":
     main()
