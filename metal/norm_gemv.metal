@@ -9,7 +9,6 @@
 // reading VW weights of a row (16 bytes) per step, all R (GLU: 2 R) rows' loads of U steps issued together.
 constexpr int NW = NT / 32;
 constexpr int VW = 16 / int(sizeof(InT));
-constexpr int R = 4;
 constexpr int U = 2;
 constexpr int SW = 32 * VW;                           // elements of a row per simdgroup step
 constexpr int NR = GLU ? 2 : 1;                       // weight rows per output

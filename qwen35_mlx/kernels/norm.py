@@ -51,7 +51,8 @@ def rms_norm(x, weight, eps: float, residual=None, *, backend: str | None = "aut
     return (y, res) if add else y
 
 
-GEMV_NT = 128                 # norm_gemv: 4 simdgroups, 4 outputs each
+GEMV_NT = 128                 # norm_gemv: 4 simdgroups ...
+GEMV_R = 4                    # ... of 4 outputs each
 GEMV_MAX_BYTES = 16384        # the normalised row in threadgroup memory (Metal has 32 KiB)
 
 
@@ -74,11 +75,10 @@ def norm_gemv(x, weight, eps: float, w, residual=None, *, glu: bool = False, bac
     N = w.shape[0] // 2 if glu else w.shape[0]
     M = x.size // K
     add = residual is not None
-    rows_per_tg = GEMV_NT // 32 * 4
     y, res = _metal.kernel("norm_gemv", backend)(
         inputs=[residual if add else x, x, weight, w, _metal.f32_scalar(float(eps))],
-        template=[("InT", x.dtype), ("K", K), ("N", N), ("NT", GEMV_NT), ("ADD", add), ("GLU", glu)],
-        grid=(GEMV_NT * -(-N // rows_per_tg), 1, M),
+        template=[("InT", x.dtype), ("K", K), ("N", N), ("NT", GEMV_NT), ("R", GEMV_R), ("ADD", add), ("GLU", glu)],
+        grid=(GEMV_NT * -(-N // (GEMV_NT // 32 * GEMV_R)), 1, M),
         threadgroup=(GEMV_NT, 1, 1),
         output_shapes=[(*x.shape[:-1], N), x.shape if add else (1,)],
         output_dtypes=[x.dtype, x.dtype],

@@ -257,7 +257,7 @@ def test_cuda_twin_compiles(tmp_path, dt):
                      shape + [("K", 4), ("TPG", 16), ("SPT", 2)]),
         "rms_norm": ([dt, dt, f32, f32], [dt, dt], [("InT", dt), ("H", 1024), ("NT", 256), ("ADD", True)]),
         "norm_gemv": ([dt, dt, f32, dt, f32], [dt, dt],
-                      [("InT", dt), ("K", 1024), ("N", 3584), ("NT", 128), ("ADD", True), ("GLU", True)]),
+                      [("InT", dt), ("K", 1024), ("N", 3584), ("NT", 128), ("R", 4), ("ADD", True), ("GLU", True)]),
         "attn_qk": ([dt, f32, f32, f32, i32, f32], [dt, dt],
                     [("InT", dt), ("D", 256), ("NQ", 8), ("NK", 2), ("ROT", 64), ("NT", 64)]),
         "attn_flash": ([h16] * 3 + [f32, i32], [h16],                  # 16-bit operands only; fp16 with QS
