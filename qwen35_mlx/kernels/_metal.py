@@ -129,6 +129,9 @@ def f32_scalar(x: float):
     return mx.array([x], dtype=mx.float32)
 
 
+STATIC_SMEM = 48 * 1024       # CUDA's static shared memory per block; TG_ARRAYs past it go dynamic
+
+
 def kernel(name: str, backend: str, tg_arrays: tuple = ()):
     """The callable kernel `name` for backend "metal" or "cuda" (built on first use). Looked up once per launch
     (decode makes ~15 launches a step), so by identities: the factory and read_source (tests swap both).
@@ -137,9 +140,6 @@ def kernel(name: str, backend: str, tg_arrays: tuple = ()):
     factory = mx.fast.metal_kernel if backend == "metal" else mx.fast.cuda_kernel
     smem = sum(-(-n // 16) * 16 for n in tg_arrays)
     return _kernel(name, backend, factory, read_source, smem if backend == "cuda" and smem > STATIC_SMEM else 0)
-
-
-STATIC_SMEM = 48 * 1024
 
 
 @lru_cache(maxsize=None)
