@@ -234,10 +234,17 @@ class Qwen35Model(nn.Module):
                 return lm.norm.residual(x, h)[0]
         x, h = inputs_embeds, None
         caches = cache if cache is not None else [None] * len(lm.layers)
+        running = None
         for layer, c in zip(lm.layers, caches):
             x, h = layer(x, h, self.rope, positions, attn_mask, gdn_mask, c)
             if T >= EVAL_LAYERS_T and not layer.is_linear:
-                mx.eval(x, h)       # a GPU frees a graph's buffers when the graph completes: bound what is in flight
+                # A GPU frees a graph's buffers when the graph completes: bound what is in flight to two
+                # segments (one running, one queued) by waiting for the one before, never for this one, so
+                # the GPU does not idle while the next segment's graph is built.
+                mx.async_eval(x, h)
+                if running is not None:
+                    mx.eval(running)
+                running = (x, h)
         if cache is not None:
             cache.offset += T
         return lm.norm.residual(x, h)[0]
