@@ -90,13 +90,25 @@ def check_norm():
             ref = w * s * mx.rsqrt((s * s).mean(-1, keepdims=True) + 1e-6)
             print(f"rms_norm rows {rows:6d} H {H:5d} {str(dt):14s} y {rel(y, ref):.1e}  residual exact "
                   f"{bool(mx.array_equal(res, h + x).item())}", flush=True)
-    for rows in (1, 2048):
+    for rows in (1, 2048, 8192):
         x, h = (mx.array(rng.standard_normal((rows, 1024)).astype(np.float32)).astype(mx.bfloat16) for _ in range(2))
         w = mx.ones((1024,), mx.float32)
         fused = lambda: norm.rms_norm(x, w, 1e-6, residual=h)
         plain = mx.compile(lambda: norm.rms_norm(x, w, 1e-6, residual=h, backend=None))
+        alone = lambda: norm.rms_norm(x, w, 1e-6)
         print(f"add + rms_norm, [{rows}, 1024] bf16: fused {timed(fused):.3f} ms, MLX ops (compiled) "
-              f"{timed(plain):.3f} ms", flush=True)
+              f"{timed(plain):.3f} ms; rms_norm alone {timed(alone):.3f} ms (copy of x {timed(lambda: x + 0):.3f} ms)",
+              flush=True)
+    for rows in (16, 8192 * 16):                                   # the GDN output norm: rows of one head
+        x, z = (mx.array(rng.standard_normal((rows, 128)).astype(np.float32)).astype(mx.bfloat16) for _ in range(2))
+        w = mx.array(1 + 0.3 * rng.standard_normal(128).astype(np.float32)).astype(mx.bfloat16)
+        y = norm.rms_norm(x, w, 1e-6, gate=z)
+        xf, zf = x.astype(mx.float32), z.astype(mx.float32)
+        ref = w.astype(mx.float32) * xf * mx.rsqrt((xf * xf).mean(-1, keepdims=True) + 1e-6) * zf * mx.sigmoid(zf)
+        kernel = lambda: norm.rms_norm(x, w, 1e-6, gate=z)
+        ops = lambda: norm.rms_norm(x, w, 1e-6, gate=z, backend=None)
+        print(f"gated rms_norm [{rows}, 128] bf16: err {rel(y, ref):.1e}, kernel {timed(kernel):.3f} ms, MLX ops "
+              f"(compiled) {timed(ops):.3f} ms", flush=True)
 
 
 def check_norm_gemv():

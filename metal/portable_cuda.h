@@ -78,3 +78,27 @@ FN void vload(float* out, const T* p) {
 }
 
 FN void vstore2(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = make_float2(a, b); }
+
+// N floats rounded to T and stored as words (16-byte stores where N * sizeof(T) allows); aligned as vload.
+FN uint pack_word(const float* v, tag<float>) { return __float_as_uint(v[0]); }
+FN uint pack_word(const float* v, tag<__nv_bfloat16>) {
+  const __nv_bfloat162 b = __floats2bfloat162_rn(v[0], v[1]);
+  return *reinterpret_cast<const uint*>(&b);
+}
+FN uint pack_word(const float* v, tag<__half>) {
+  const __half2 b = __floats2half2_rn(v[0], v[1]);
+  return *reinterpret_cast<const uint*>(&b);
+}
+template <int N, typename T>
+FN void vstore(T* p, const float* v) {
+  constexpr int WORDS = N * int(sizeof(T)) / 4;
+  uint w[WORDS];
+  for (int i = 0; i < WORDS; ++i) w[i] = pack_word(v + (4 / int(sizeof(T))) * i, tag<T>());
+  if (WORDS % 4 == 0) {
+    for (int i = 0; i < WORDS / 4; ++i) reinterpret_cast<uint4*>(p)[i] = make_uint4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
+  } else if (WORDS % 2 == 0) {
+    for (int i = 0; i < WORDS / 2; ++i) reinterpret_cast<uint2*>(p)[i] = make_uint2(w[2 * i], w[2 * i + 1]);
+  } else {
+    for (int i = 0; i < WORDS; ++i) reinterpret_cast<uint*>(p)[i] = w[i];
+  }
+}

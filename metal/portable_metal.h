@@ -49,3 +49,7 @@ FN void vstore2(device float* p, float a, float b) {
   p[0] = a;
   p[1] = b;
 }
+template <int N, typename T>
+FN void vstore(device T* p, thread const float* v) {
+  for (int i = 0; i < N; ++i) p[i] = static_cast<T>(v[i]);
+}

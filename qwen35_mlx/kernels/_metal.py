@@ -48,7 +48,7 @@ KERNELS = {
                    ("y", "conv_out", "state_out")),
     "gdn_conv": (("qkv", "conv_in", "conv_w", "a_in", "b_in", "A_log", "dt_bias", "meta"),
                  ("q", "k", "v", "g", "beta", "conv_out")),
-    "rms_norm": (("x", "h", "w", "eps"), ("y", "res")),
+    "rms_norm": (("x", "h", "z", "w", "eps", "meta"), ("y", "res")),
     "norm_gemv": (("x", "h", "nw", "W", "eps"), ("y", "res")),
     "attn_qk": (("proj", "qw", "kw", "inv_freq", "pos", "eps"), ("q", "k")),
     "attn_flash": (("q", "k", "v", "scale_in", "meta"), ("out",)),

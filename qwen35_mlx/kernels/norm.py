@@ -11,44 +11,60 @@ import mlx.core as mx
 from . import _metal
 from .gdn import gpu_backend
 
-MAX_GROUPS_PER_THREAD = 8     # registers: rows up to 8 * 4 * 256 = 8192 elements take the kernel
+ROW_GROUPS = 128               # 16-byte groups of a row per simdgroup (4 per lane in registers)
+ROWS_THREADS = 128            # a threadgroup takes rows until it has this many threads
+MAX_WPR = 16                  # simdgroups per row: rows up to 16 * 128 groups (bf16: 16384 elements)
 
 
-def threads(H: int) -> int:
-    """Threads per row: one group of 4 elements each up to 256 threads (at least one simdgroup)."""
-    n = 32
-    while n < 256 and n * 4 < H:
-        n *= 2
-    return n
+def layout(H: int, itemsize: int) -> tuple[int, int] | None:
+    """(simdgroups per row, rows per threadgroup) of metal/rms_norm.metal for rows of H elements, or None when
+    it does not take them (H not a whole number of 16-byte groups, or wider than MAX_WPR simdgroups hold)."""
+    vw = 16 // itemsize
+    if H % vw:
+        return None
+    wpr = -(-(H // vw) // ROW_GROUPS)
+    return (wpr, max(1, ROWS_THREADS // (32 * wpr))) if wpr <= MAX_WPR else None
 
 
-def kernel_supported(H: int) -> bool:
-    return H % 4 == 0 and H <= 4 * threads(H) * MAX_GROUPS_PER_THREAD
-
-
-def rms_norm(x, weight, eps: float, residual=None, *, backend: str | None = "auto"):
+def rms_norm(x, weight, eps: float, residual=None, *, gate=None, backend: str | None = "auto"):
     """y = weight * rmsnorm(x) over the last axis, in float32, returned in x's dtype. With `residual`, x is
-    first residual + x (in x's dtype) and the result is (y, that sum)."""
+    first residual + x (in x's dtype) and the result is (y, that sum). With `gate` (x's shape): y * silu(gate),
+    the GDN output norm (its MLX ops round where transformers does; the kernel rounds once)."""
     backend = gpu_backend() if backend == "auto" else backend
     H = x.shape[-1]
-    mixed = residual is not None and (residual.dtype != x.dtype or residual.shape != x.shape)
-    if backend is None or not kernel_supported(H) or x.size == 0 or mixed or not _metal.enabled("rms_norm"):
-        if residual is not None:
-            x = residual + x
-        y = mx.fast.rms_norm(x, weight, eps).astype(x.dtype)
-        return y if residual is None else (y, x)
+    mixed = any(a is not None and (a.dtype != x.dtype or a.shape != x.shape) for a in (residual, gate))
+    lay = layout(H, x.dtype.size)
+    if backend is None or lay is None or x.size == 0 or mixed or not _metal.enabled("rms_norm"):
+        return _rms_norm_ops(x, weight, eps, residual, gate)
     add = residual is not None
-    NT = threads(H)
+    wpr, rpt = lay
+    NT = 32 * wpr * rpt
     rows = x.size // H
     y, res = _metal.kernel("rms_norm", backend)(
-        inputs=[residual if add else x, x, weight, _metal.f32_scalar(float(eps))],
-        template=[("InT", x.dtype), ("H", H), ("NT", NT), ("ADD", add)],
-        grid=(NT * rows, 1, 1),
+        inputs=[residual if add else x, x, x if gate is None else gate, weight, _metal.f32_scalar(float(eps)),
+                mx.array([rows], dtype=mx.int32)],
+        template=[("InT", x.dtype), ("H", H), ("WPR", wpr), ("RPT", rpt), ("ADD", add), ("GATE", gate is not None)],
+        grid=(NT * -(-rows // rpt), 1, 1),
         threadgroup=(NT, 1, 1),
         output_shapes=[x.shape, x.shape if add else (1,)],
         output_dtypes=[x.dtype, x.dtype],
     )
     return (y, res) if add else y
+
+
+def _rms_norm_ops(x, weight, eps, residual, gate):
+    if residual is not None:
+        x = residual + x
+    if gate is not None:
+        return _gated_rms_norm(x, gate, weight, eps)
+    y = mx.fast.rms_norm(x, weight, eps).astype(x.dtype)
+    return y if residual is None else (y, x)
+
+
+@mx.compile
+def _gated_rms_norm(x, z, weight, eps):
+    y = mx.fast.rms_norm(x, None, eps) * weight.astype(x.dtype)
+    return (y.astype(mx.float32) * mx.sigmoid(z.astype(mx.float32)) * z.astype(mx.float32)).astype(x.dtype)
 
 
 GEMV_NT = 128                 # norm_gemv: 4 simdgroups ...

@@ -33,10 +33,4 @@ class GatedRMSNorm(nn.Module):
         self.eps = eps
 
     def __call__(self, x, z):
-        return _gated_rms_norm(x, z, self.weight, self.eps)
-
-
-@mx.compile
-def _gated_rms_norm(x, z, weight, eps):
-    y = mx.fast.rms_norm(x, None, eps) * weight.astype(x.dtype)
-    return (y.astype(mx.float32) * nn.silu(z.astype(mx.float32))).astype(x.dtype)
+        return rms_norm(x, self.weight, self.eps, gate=z)
