@@ -119,6 +119,20 @@ def device_memory() -> int | None:
     return info.get("max_recommended_working_set_size") or info.get("memory_size") or info.get("total_memory")
 
 
+def prefill_chunk(model, tokens: int, kv_bits: int | None, kv_group_size: int, chunk: int, floor: int,
+                  limit: int | None = None) -> int:
+    """`chunk` halved while a context of `tokens` would not fit in `limit` bytes with it (default: what the device
+    reports), but not below `floor` (check_fits then says what else to change)."""
+    limit = device_memory() if limit is None else limit
+    if not limit:
+        return chunk
+    cfg, dbytes = model.config.text, _dtype_bytes(model)
+    rest = estimate(cfg, tokens, weight_bytes(model), kv_bits, kv_group_size, None, dbytes)["total"]
+    while chunk > floor and rest + prefill_bytes(cfg, chunk, tokens, kv_bits, kv_group_size, dbytes) > limit:
+        chunk = max(floor, chunk // 2)
+    return chunk
+
+
 def check_fits(model, tokens: int, kv_bits: int | None = None, kv_group_size: int = 64,
                prefill_chunk: int = 2048, limit: int | None = None) -> dict | None:
     """Raise ContextMemoryError, naming what to change, when `tokens` of context (prompt + generation)

@@ -8,6 +8,8 @@ with and without quantized KV. At other boundaries the scan's rounding differs (
 quantized KV such a difference can move a key across a quantization step: 8-bit 8.8e-5, 4-bit 9e-6.
 """
 
+import importlib
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -126,6 +128,31 @@ def test_context_that_cannot_fit_is_a_clear_error(tiny, monkeypatch):
         assert part in msg, msg
     monkeypatch.setattr(memory, "device_memory", lambda: int(need * 2))
     assert len(list(stream_generate(model, proc, "hello", max_tokens=3))) == 3
+
+
+def test_default_prefill_chunk_shrinks_to_fit(tiny, monkeypatch):
+    """The backend's default step (8192 on CUDA) is halved while the context would not fit, not below 2048; a
+    step the caller gave is kept (check_fits then names the fix)."""
+    gen = importlib.import_module("qwen35_mlx.generate")        # the package exports a function of that name
+    model, proc = tiny
+    rest = memory.check_fits(model, 20000, limit=10**12)
+    fits = lambda c: rest["total"] - rest["prefill"] + memory.prefill_bytes(model.config.text, c, 20000, None, 64, 4)
+    limit = (fits(4096) + fits(8192)) // 2
+    assert memory.prefill_chunk(model, 20000, None, 64, 8192, floor=2048, limit=limit) == 4096
+    assert memory.prefill_chunk(model, 20000, None, 64, 8192, floor=2048, limit=10) == 2048
+    assert memory.prefill_chunk(model, 20000, None, 64, 8192, floor=2048, limit=10**12) == 8192
+    monkeypatch.setattr(gen, "default_prefill_chunk", lambda: 8192)
+    monkeypatch.setattr(memory, "device_memory", lambda: 10**12)
+    seen = []
+    monkeypatch.setattr(gen, "_prefill", lambda model, cache, inputs, chunk, *a: seen.append(chunk) or
+                        (_ for _ in ()).throw(RuntimeError("stop")))
+    with pytest.raises(RuntimeError, match="stop"):
+        next(stream_generate(model, proc, "hello", max_tokens=1))
+    with pytest.raises(RuntimeError, match="stop"):
+        next(stream_generate(model, proc, "hello", max_tokens=1, prefill_chunk=100))
+    assert seen == [8192, 100]
+    with pytest.raises(GenerationError, match="prefill_chunk"):
+        next(stream_generate(model, proc, "hello", max_tokens=1, prefill_chunk=0))
 
 
 def test_cli_verbose_memory_report(dense_text_path, capsys):
