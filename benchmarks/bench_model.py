@@ -6,7 +6,7 @@ Qwen3.5 model, in one process on the same weights.
 
 Both models are built from the same Hugging Face-layout weight dict through each package's own sanitize,
 so they compute the same function (checked: the last-token logits agree). Prefill is one call per
---prefill-chunk tokens (both packages chunk the same way); decode is greedy with the cache after the
+--prefill-chunk tokens (default: qwen35_mlx's for this backend; both packages chunk the same way); decode is greedy with the cache after the
 prompt. With --bits both are quantized the same way (affine, group 64) after loading.
 """
 
@@ -136,11 +136,14 @@ def main(argv=None):
     p.add_argument("--decode", type=int, default=64)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--bits", type=int, default=0)
-    p.add_argument("--prefill-chunk", type=int, default=2048)
+    p.add_argument("--prefill-chunk", type=int, default=None)
     p.add_argument("--skip-mlx-lm-above", type=int, default=1 << 30,
                    help="prompt lengths above this run ours only (mlx-lm's per-token GDN prefill is slow)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.prefill_chunk is None:
+        from qwen35_mlx.generate import default_prefill_chunk
+        args.prefill_chunk = default_prefill_chunk()
     dtype = getattr(mx, args.dtype)
     cfg = QWEN35_0_8B
     weights = hf_weights(cfg, dtype)
@@ -182,8 +185,8 @@ def _write(args, rows):
         name = str(dev)
     lines = [f"\n### Whole model, Qwen3.5-0.8B config, random {args.dtype} weights"
              f"{f', {args.bits}-bit' if args.bits else ''} ({datetime.date.today()}, {name}, mlx {mx.__version__})",
-             f"`python benchmarks/bench_model.py {' '.join(sys.argv[1:])}`", "",
-             "| prompt | ours prefill tok/s | mlx-lm prefill tok/s | ratio | ours decode tok/s | mlx-lm decode tok/s |"
+             f"`python benchmarks/bench_model.py {' '.join(sys.argv[1:])}` (prefill steps of {args.prefill_chunk} tokens)",
+             "", "| prompt | ours prefill tok/s | mlx-lm prefill tok/s | ratio | ours decode tok/s | mlx-lm decode tok/s |"
              " ratio | ours peak GB | mlx-lm peak GB | logits rel diff |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for a, b in rows:
