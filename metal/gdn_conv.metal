@@ -85,9 +85,7 @@ for (int t = t0; t < t_end; ++t) {
   if (is_v) {
     UNROLL for (int j = 0; j < GPL; ++j) {
       const int ch = 4 * (int(lane) + 32 * j);
-      if (ch < D) {
-        UNROLL for (int e = 0; e < 4; ++e) v[(bt * Hv + hv) * Dv + ch + e] = static_cast<InT>(act[j][e]);
-      }
+      if (ch < D) vstore<4>(v + (bt * Hv + hv) * Dv + ch, act[j]);
     }
     if (lane == 0) {
       const float xa = float(a_in[bt * Hv + hv]) + dtb;
@@ -102,7 +100,8 @@ for (int t = t0; t < t_end; ++t) {
     UNROLL for (int j = 0; j < GPL; ++j) {
       const int ch = 4 * (int(lane) + 32 * j);
       if (ch < D) {
-        UNROLL for (int e = 0; e < 4; ++e) out[ch + e] = static_cast<InT>(act[j][e] * scale);
+        UNROLL for (int e = 0; e < 4; ++e) act[j][e] *= scale;
+        vstore<4>(out + ch, act[j]);
       }
     }
   }
