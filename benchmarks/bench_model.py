@@ -6,8 +6,9 @@ Qwen3.5 model, in one process on the same weights.
 
 Both models are built from the same Hugging Face-layout weight dict through each package's own sanitize,
 so they compute the same function (checked: the last-token logits agree). Prefill is one call per
---prefill-chunk tokens (default: qwen35_mlx's for this backend; both packages chunk the same way); decode is greedy with the cache after the
-prompt. With --bits both are quantized the same way (affine, group 64) after loading.
+--prefill-chunk tokens (default: qwen35_mlx's for this backend; both packages chunk the same way); decode is
+greedy with the cache after the prompt, the median of DECODE_RUNS runs of --decode tokens (each run's rate is
+printed). With --bits both are quantized the same way (affine, group 64) after loading.
 """
 
 from __future__ import annotations
@@ -104,6 +105,9 @@ def run(model, cache, ids, chunk):
     return logits
 
 
+DECODE_RUNS = 3
+
+
 def bench(name, model, make_cache, T, n_decode, chunk, vocab):
     ids = mx.array(np.random.default_rng(1).integers(0, vocab, (1, T)), mx.int32)
     cache = make_cache()
@@ -120,13 +124,16 @@ def bench(name, model, make_cache, T, n_decode, chunk, vocab):
     for _ in range(3):                                                   # warm the decode path
         tok = mx.argmax(model(tok[:, None], cache=cache)[:, -1], axis=-1)
         mx.eval(tok)
-    t = time.perf_counter()
-    for _ in range(n_decode):
-        tok = mx.argmax(model(tok[:, None], cache=cache)[:, -1], axis=-1)
-        mx.async_eval(tok)
-    mx.eval(tok)
-    decode = time.perf_counter() - t
-    return {"name": name, "T": T, "prefill_tps": T / prefill, "decode_tps": n_decode / decode,
+    runs = []                     # decode is bound by per-launch host work on a GPU and moves by up to 30% run
+    for _ in range(DECODE_RUNS):  # to run: the median of a few runs of n_decode tokens (context grows by each)
+        t = time.perf_counter()
+        for _ in range(n_decode):
+            tok = mx.argmax(model(tok[:, None], cache=cache)[:, -1], axis=-1)
+            mx.async_eval(tok)
+        mx.eval(tok)
+        runs.append(n_decode / (time.perf_counter() - t))
+    return {"name": name, "T": T, "prefill_tps": T / prefill, "decode_tps": float(np.median(runs)),
+            "decode_runs": runs,
             "peak_gb": mx.get_peak_memory() / 1e9, "logits": np.array(logits.astype(mx.float32))}
 
 
@@ -168,10 +175,11 @@ def main(argv=None):
 
 
 def _row(a, b):
-    s = f"T={a['T']}: ours prefill {a['prefill_tps']:.0f} tok/s, decode {a['decode_tps']:.1f} tok/s, " \
-        f"peak {a['peak_gb']:.2f} GB"
+    runs = lambda r: "/".join(f"{x:.0f}" for x in r["decode_runs"])   # noqa: E731
+    s = f"T={a['T']}: ours prefill {a['prefill_tps']:.0f} tok/s, decode {a['decode_tps']:.1f} tok/s " \
+        f"({runs(a)}), peak {a['peak_gb']:.2f} GB"
     if b:
-        s += f" | mlx-lm prefill {b['prefill_tps']:.0f} tok/s, decode {b['decode_tps']:.1f} tok/s, " \
+        s += f" | mlx-lm prefill {b['prefill_tps']:.0f} tok/s, decode {b['decode_tps']:.1f} tok/s ({runs(b)}), " \
              f"peak {b['peak_gb']:.2f} GB | ratio prefill {a['prefill_tps'] / b['prefill_tps']:.1f}x, " \
              f"decode {a['decode_tps'] / b['decode_tps']:.2f}x | logits rel diff {a.get('agree', 0):.1e}"
     return s
