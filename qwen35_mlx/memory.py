@@ -15,7 +15,9 @@ from .errors import GenerationError
 from .loading import ZERO_CENTRED_NORMS
 
 GB = 1e9
-IN_FLIGHT_LAYERS = 3       # layers whose intermediates a GPU holds at once in prefill (measured on an H100)
+IN_FLIGHT_LAYERS = 3       # layers whose intermediates a GPU holds at once in prefill (measured on an H100;
+                           # with two segments in flight, 0.8B bf16 at 32K: ~2.9 layers' worth at 8192-token steps)
+IN_FLIGHT_SEGMENTS = 2     # prefill segments (attention layer to attention layer) queued at once (Qwen35Model)
 SCORE_COPIES = 1           # copies of a block's scores alive at once (mask and softmax reuse the buffer; measured)
 
 
@@ -57,15 +59,15 @@ def prefill_bytes(cfg: TextConfig, chunk: int, context: int, kv_bits: int | None
                   dtype_bytes: int = 2) -> float:
     """Transient memory of the last prefill chunk at `context` tokens: the attention scores (MLX's unfused
     attention for head dim 256 materialises [B, Hq, rows, context] in the activation dtype, where attention
-    goes in query blocks bounded by attention.SCORE_BYTES), one layer's keys and values dequantized when the
-    cache is quantized, the copy one attention layer's KV buffer makes when it grows, and the chunk's
-    activations."""
+    goes in query blocks bounded by attention.SCORE_BYTES), the keys and values of one layer per segment in
+    flight dequantized when the cache is quantized, the copy one attention layer's KV buffer makes when it
+    grows, and the chunk's activations."""
     from .model.attention import block_rows  # noqa: PLC0415
     chunk = min(chunk, context)
     rows = min(chunk, block_rows(1, cfg.num_attention_heads, context))
     scores = SCORE_COPIES * cfg.num_attention_heads * rows * context * dtype_bytes
-    if kv_bits:
-        scores += 2 * cfg.num_key_value_heads * cfg.head_dim * context * dtype_bytes
+    if kv_bits:                                                 # each segment in flight: one layer dequantized
+        scores += IN_FLIGHT_SEGMENTS * 2 * cfg.num_key_value_heads * cfg.head_dim * context * dtype_bytes
     n_attn = max(1, sum(k == "full_attention" for k in cfg.layer_types))
     kv_grow = kv_bytes_per_token(cfg, kv_bits, group_size, dtype_bytes) * context / n_attn
     conv_dim = 2 * cfg.linear_num_key_heads * cfg.linear_key_head_dim + \
