@@ -24,11 +24,25 @@ def metal_on_cpu(monkeypatch):
     yield metal_emu
 
 
+class Launched(set):
+    """Names of the kernels looked up; .templates: (name, template dict) of each launch, in order."""
+
+
 @pytest.fixture
 def launched(monkeypatch):
     """The names of the kernels looked up from now on (every launch goes through _metal.kernel)."""
     from qwen35_mlx.kernels import _metal
-    names = set()
+    names = Launched()
+    names.templates = []
     real = _metal.kernel
-    monkeypatch.setattr(_metal, "kernel", lambda name, *a: names.add(name) or real(name, *a))
+
+    def kernel(name, *a):
+        names.add(name)
+        fn = real(name, *a)
+
+        def launch(*args, **kw):
+            names.templates.append((name, dict(kw.get("template", ()))))
+            return fn(*args, **kw)
+        return launch
+    monkeypatch.setattr(_metal, "kernel", kernel)
     return names

@@ -154,6 +154,8 @@ def test_model_on_kernel_path_matches_transformers(metal_on_cpu, dense_text_path
         mx.enable_compile()
     assert launched == {"gdn_chunk_prep", "gdn_chunk_scan", "gdn_conv", "gdn_decode", "rms_norm", "attn_qk",
                         "attn_decode", "attn_decode_combine", "norm_gemv"}, launched
+    norms = {(t["ADD"], t["GATE"]) for n, t in launched.templates if n == "rms_norm"}
+    assert {(False, True), (True, False)} <= norms, norms        # the GDN output norm; residual add + norm
 
 
 def test_bf16_model_on_kernel_path(metal_on_cpu, dense_text_path, monkeypatch, launched):
