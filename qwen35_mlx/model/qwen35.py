@@ -4,6 +4,8 @@ from a checkpoint is short."""
 
 from __future__ import annotations
 
+import operator
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -303,14 +305,20 @@ class Qwen35Model(nn.Module):
         return mx.compile(segment)
 
     def ensure_fused(self):
-        """Every layer's fused decode projections current, checked in one pass over identities on each decode
-        step (weights reloaded or layers quantized since the last step: the layers rebuild what changed)."""
-        state = self.__dict__.get("_fused_state")                 # (layers, checks), outside the module tree
+        """Every layer's fused decode projections current, checked on each decode step (weights reloaded or layers
+        quantized since the last step: the layers rebuild what changed). The check is identities only, run in C
+        (map over dict.get and operator.is_): it is on the host's critical path of every token."""
+        state = self.__dict__.get("_fused_state")                 # (layers, owners, names, held), outside the tree
         layers = self.layers
-        if state is not None and len(state[0]) == len(layers) and all(a is b for a, b in zip(state[0], layers)) \
-                and all(dict.get(o, n) is m and (w is None or dict.get(m, "weight") is w) for o, n, m, w in state[1]):
+        if state is not None and len(state[0]) == len(layers) and all(map(operator.is_, state[0], layers)) \
+                and all(map(operator.is_, map(dict.get, state[1], state[2]), state[3])):
             return
-        self.__dict__["_fused_state"] = (list(layers), [c for layer in layers for c in layer.ensure_fused()])
+        owners, names, held = [], [], []
+        for o, n, m, w in (c for layer in layers for c in layer.ensure_fused()):
+            owners.append(o), names.append(n), held.append(m)
+            if w is not None:                                     # and that module still holds that weight
+                owners.append(m), names.append("weight"), held.append(w)
+        self.__dict__["_fused_state"] = (list(layers), owners, names, held)
         self.__dict__["_segment_fns"] = None                        # they captured the weights they were traced with
 
     @staticmethod
