@@ -319,8 +319,8 @@ def parse_args(argv=None):
     p.add_argument("--video-max-tokens", type=int, help="budget of visual tokens per video")
     p.add_argument("--kv-bits", type=int, choices=(4, 8), help="quantize the attention KV cache")
     p.add_argument("--kv-group-size", type=int, default=64)
-    p.add_argument("--prefill-chunk", type=int, default=None,
-                   help="prompt tokens per prefill step (default: 8192 on CUDA, 2048 elsewhere; less where memory is short)")
+    p.add_argument("--prefill-chunk", type=int, default=None, help="prompt tokens per prefill step "
+                   "(default: 8192 on CUDA, 2048 elsewhere; less where memory is short)")
     p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), help="cast unquantized weights")
     p.add_argument("--verbose", action="store_true", help="print a memory report")
     p.add_argument("--quiet", action="store_true", help="print only the generated text")

@@ -313,11 +313,12 @@ class Qwen35Model(nn.Module):
         if state is not None and len(state[0]) == len(layers) and all(map(operator.is_, state[0], layers)) \
                 and all(map(operator.is_, map(dict.get, state[1], state[2]), state[3])):
             return
-        owners, names, held = [], [], []
+        checks = []                                               # (owner, name, what it must hold)
         for o, n, m, w in (c for layer in layers for c in layer.ensure_fused()):
-            owners.append(o), names.append(n), held.append(m)
+            checks.append((o, n, m))
             if w is not None:                                     # and that module still holds that weight
-                owners.append(m), names.append("weight"), held.append(w)
+                checks.append((m, "weight", w))
+        owners, names, held = (list(t) for t in zip(*checks)) if checks else ([], [], [])
         self.__dict__["_fused_state"] = (list(layers), owners, names, held)
         self.__dict__["_segment_fns"] = None                        # they captured the weights they were traced with
 
