@@ -102,3 +102,27 @@ def test_context_limit_is_a_clear_error(dense_text_path):
     n = model.config.text.max_position_embeddings
     with pytest.raises(PromptError, match="exceed the model's context"):
         model(mx.zeros((1, n + 1), mx.int32))
+
+
+def test_long_prefill_keeps_one_segment_queued(dense_text_path, monkeypatch):
+    """From EVAL_LAYERS_T tokens a forward pass queues each segment (up to an attention layer) and waits only for
+    the one before it: the GPU always has the next segment while Python builds the one after. Same logits as
+    a pass that waits for every segment."""
+    import types
+    from qwen35_mlx.model import qwen35
+    model, _ = load(dense_text_path, dtype="float32")
+    ids = mx.array(prompt(qwen35.EVAL_LAYERS_T + 40, seed=5))
+    n_attn = sum(not layer.is_linear for layer in model.model.language_model.layers)
+    calls, real = [], qwen35.mx
+    spy = types.ModuleType("mx_spy")
+    spy.__dict__.update(real.__dict__)
+    spy.async_eval = lambda *a: calls.append(("queue", id(a[0]))) or real.async_eval(*a)
+    spy.eval = lambda *a: calls.append(("wait", id(a[0][0] if isinstance(a[0], tuple) else a[0]))) or real.eval(*a)
+    monkeypatch.setattr(qwen35, "mx", spy)
+    got = model(ids)
+    queued = [i for kind, i in calls if kind == "queue"]
+    assert len(queued) == n_attn >= 2, calls
+    assert [kind for kind, _ in calls] == ["queue"] + ["queue", "wait"] * (n_attn - 1), calls
+    assert [i for kind, i in calls if kind == "wait"] == queued[:-1]        # each wait is for the one before
+    spy.async_eval = real.eval                                             # wait for every segment
+    assert_rel_close(got, model(ids), 1e-6, "queued vs waited")
