@@ -14,7 +14,7 @@ from planted import assert_caught
 from helpers import assert_rel_close
 from qwen35_mlx.kernels import _metal, norm
 
-TOL = {mx.float32: 1e-6, mx.bfloat16: 1e-2}
+TOL = {mx.float32: 1e-6, mx.bfloat16: 1e-2, mx.float16: 2e-3}
 
 
 def make(rows, H, dtype, seed):
@@ -71,12 +71,18 @@ def test_mlx_ops_branch_matches_reference():
     np.testing.assert_array_equal(np.array(res.astype(mx.float32)), np.array(ref_res.astype(mx.float32)))
 
 
-@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16, mx.float16], ids=["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("rows,H", [(9, 128), (3, 64)], ids=["gdn-head-128", "head-64"])
 def test_gated_kernel_matches_reference(metal_on_cpu, rows, H, dtype):
     """The GDN output norm: rows of one head, w in the activation dtype, y * silu(z)."""
     x, z, w = make(rows, H, dtype, seed=H)
     check(x, None, w.astype(dtype), dtype, False, f"gated {H}", gate=z)
+
+
+@pytest.mark.parametrize("add", [False, True], ids=["norm", "add+norm"])
+def test_kernel_fp16(metal_on_cpu, add):
+    """half rows: 8 elements per 16-byte group, as bfloat16, through the other 16-bit conversions."""
+    check(*make(7, 1024, mx.float16, seed=11), mx.float16, add, "fp16 hidden-1024")
 
 
 def test_mlx_ops_gated_branch_matches_reference():
