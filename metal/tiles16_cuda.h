@@ -16,15 +16,6 @@
 struct frag_a16 { uint x[4]; };
 struct frag_b16 { uint x[2]; };
 
-FN uint pack2(float lo, float hi, tag<__nv_bfloat16>) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint*>(&v);
-}
-FN uint pack2(float lo, float hi, tag<__half>) {
-  const __half2 v = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<const uint*>(&v);
-}
-
 FN void mma16_raw(float* c, const uint* a, const uint* b, tag<__nv_bfloat16>) {
   asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
       "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
@@ -53,10 +44,10 @@ FN void load_a16(frag_a16& a, const T* p, int ld, int nrows, uint lane) {
 
 template <typename T>
 FN void c_to_a16(frag_a16& a, const frag_c& c0, const frag_c& c1) {  // the C layout is the A layout's, per half
-  a.x[0] = pack2(c0.x[0], c0.x[1], tag<T>());
-  a.x[1] = pack2(c0.x[2], c0.x[3], tag<T>());
-  a.x[2] = pack2(c1.x[0], c1.x[1], tag<T>());
-  a.x[3] = pack2(c1.x[2], c1.x[3], tag<T>());
+  a.x[0] = pack_word(c0.x, tag<T>());                                  // portable_cuda.h: two floats, rounded
+  a.x[1] = pack_word(c0.x + 2, tag<T>());
+  a.x[2] = pack_word(c1.x, tag<T>());
+  a.x[3] = pack_word(c1.x + 2, tag<T>());
 }
 
 FN uint smem_addr(const void* p) { return uint(__cvta_generic_to_shared(p)); }
