@@ -7,6 +7,7 @@ from __future__ import annotations
 
 
 import mlx.core as mx
+import mlx.nn as nn
 
 from . import _metal
 from .gdn import gpu_backend
@@ -64,7 +65,7 @@ def _rms_norm_ops(x, weight, eps, residual, gate):
 @mx.compile
 def _gated_rms_norm(x, z, weight, eps):
     y = mx.fast.rms_norm(x, None, eps) * weight.astype(x.dtype)
-    return (y.astype(mx.float32) * mx.sigmoid(z.astype(mx.float32)) * z.astype(mx.float32)).astype(x.dtype)
+    return (y.astype(mx.float32) * nn.silu(z.astype(mx.float32))).astype(x.dtype)
 
 
 GEMV_NT = 128                 # norm_gemv: 4 simdgroups ...
