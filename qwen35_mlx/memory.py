@@ -130,8 +130,13 @@ def prefill_chunk(model, tokens: int, kv_bits: int | None, kv_group_size: int, c
         return chunk
     cfg, dbytes = model.config.text, _dtype_bytes(model)
     rest = estimate(cfg, tokens, weight_bytes(model), kv_bits, kv_group_size, None, dbytes)["total"]
+    return max(floor, _halved_to_fit(cfg, chunk, floor, rest, limit, tokens, kv_bits, kv_group_size, dbytes))
+
+
+def _halved_to_fit(cfg, chunk, floor, rest, limit, tokens, kv_bits, kv_group_size, dbytes) -> int:
+    """`chunk` halved while `rest` bytes plus its prefill working set exceed `limit`, until it is <= floor."""
     while chunk > floor and rest + prefill_bytes(cfg, chunk, tokens, kv_bits, kv_group_size, dbytes) > limit:
-        chunk = max(floor, chunk // 2)
+        chunk //= 2
     return chunk
 
 
@@ -156,10 +161,8 @@ def check_fits(model, tokens: int, kv_bits: int | None = None, kv_group_size: in
             kv_pre = prefill_bytes(cfg, prefill_chunk, tokens, bits, kv_group_size, dbytes)
             total = rest - e["prefill"] + kv + kv_pre
             fixes.append(f"--kv-bits {bits} (KV cache {gb(kv)}, total {gb(total)})")
-    chunk = prefill_chunk
-    while chunk > 64 and e["total"] - e["prefill"] + prefill_bytes(cfg, chunk, tokens, kv_bits, kv_group_size,
-                                                                     dbytes) > limit:
-        chunk //= 2
+    chunk = _halved_to_fit(cfg, prefill_chunk, 64, e["total"] - e["prefill"], limit, tokens, kv_bits, kv_group_size,
+                           dbytes)
     if chunk < prefill_chunk:
         pre = prefill_bytes(cfg, chunk, tokens, kv_bits, kv_group_size, dbytes)
         fixes.append(f"--prefill-chunk {chunk} (prefill working set {gb(pre)}, total "
