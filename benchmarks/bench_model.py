@@ -7,8 +7,8 @@ Qwen3.5 model, in one process on the same weights.
 Both models are built from the same Hugging Face-layout weight dict through each package's own sanitize,
 so they compute the same function (checked: the last-token logits agree). Prefill is one call per
 --prefill-chunk tokens (default: qwen35_mlx's for this backend; both packages chunk the same way); decode is
-greedy with the cache after the prompt, the median of DECODE_RUNS runs of --decode tokens (each run's rate is
-printed). With --bits both are quantized the same way (affine, group 64) after loading.
+greedy with the cache after the prompt, the median of DECODE_RUNS runs of --decode tokens, the two packages'
+runs alternating (each run's rate is printed). Peak memory covers the prefill and 3 decode steps. With --bits both are quantized the same way (affine, group 64) after loading.
 """
 
 from __future__ import annotations
@@ -108,7 +108,9 @@ def run(model, cache, ids, chunk):
 DECODE_RUNS = 3
 
 
-def bench(name, model, make_cache, T, n_decode, chunk, vocab):
+def prefill(name, model, make_cache, T, chunk, vocab):
+    """Prefill a T-token prompt, then decode 3 tokens (warming the decode path). Returns the state decode_run
+    continues from, with the prefill rate and the peak memory of both."""
     ids = mx.array(np.random.default_rng(1).integers(0, vocab, (1, T)), mx.int32)
     cache = make_cache()
     run(model, cache, ids[:, :min(T, 256)], chunk)                       # warm up kernels/compile
@@ -121,20 +123,37 @@ def bench(name, model, make_cache, T, n_decode, chunk, vocab):
     tok = mx.argmax(logits, axis=-1)
     mx.eval(tok)
     prefill = time.perf_counter() - t
-    for _ in range(3):                                                   # warm the decode path
+    for _ in range(3):
         tok = mx.argmax(model(tok[:, None], cache=cache)[:, -1], axis=-1)
         mx.eval(tok)
-    runs = []                     # decode is bound by per-launch host work on a GPU and moves by up to 30% run
-    for _ in range(DECODE_RUNS):  # to run: the median of a few runs of n_decode tokens (context grows by each)
-        t = time.perf_counter()
-        for _ in range(n_decode):
-            tok = mx.argmax(model(tok[:, None], cache=cache)[:, -1], axis=-1)
-            mx.async_eval(tok)
-        mx.eval(tok)
-        runs.append(n_decode / (time.perf_counter() - t))
-    return {"name": name, "T": T, "prefill_tps": T / prefill, "decode_tps": float(np.median(runs)),
-            "decode_runs": runs,
-            "peak_gb": mx.get_peak_memory() / 1e9, "logits": np.array(logits.astype(mx.float32))}
+    return {"name": name, "T": T, "prefill_tps": T / prefill, "peak_gb": mx.get_peak_memory() / 1e9,
+            "logits": np.array(logits.astype(mx.float32)), "model": model, "cache": cache, "tok": tok,
+            "decode_runs": []}
+
+
+def decode_run(r, n):
+    """n greedy tokens from where r stands, pipelined as generation is (each step queued before the last is
+    read). Appends the rate to r["decode_runs"]."""
+    model, cache, tok = r["model"], r["cache"], r["tok"]
+    t = time.perf_counter()
+    for _ in range(n):
+        tok = mx.argmax(model(tok[:, None], cache=cache)[:, -1], axis=-1)
+        mx.async_eval(tok)
+    mx.eval(tok)
+    r["decode_runs"].append(n / (time.perf_counter() - t))
+    r["tok"] = tok
+
+
+def bench_pair(runs, n_decode):
+    """Decode is bound by per-launch host work on a GPU, and its rate drifts by up to 30% within a process: the
+    packages take turns, DECODE_RUNS runs of n_decode tokens each (the context grows by each), and each reports
+    its median, so a drift reaches both alike."""
+    for _ in range(DECODE_RUNS):
+        for r in runs:
+            decode_run(r, n_decode)
+    for r in runs:
+        r["decode_tps"] = float(np.median(r["decode_runs"]))
+        del r["model"], r["cache"], r["tok"]
 
 
 def main(argv=None):
@@ -161,14 +180,14 @@ def main(argv=None):
     vocab = cfg["text_config"]["vocab_size"]
     rows = []
     for T in args.prompt:
-        a = bench("qwen35_mlx", ours, ours.make_cache, T, args.decode, args.prefill_chunk, vocab)
+        a = prefill("qwen35_mlx", ours, ours.make_cache, T, args.prefill_chunk, vocab)
         b = None
         if T <= args.skip_mlx_lm_above:
-            b = bench("mlx-lm", theirs, lambda: make_prompt_cache(theirs), T, args.decode,
-                      args.prefill_chunk, vocab)
-            err = np.linalg.norm(a["logits"] - b["logits"]) / np.linalg.norm(b["logits"])
-            a["agree"] = float(err)
+            b = prefill("mlx-lm", theirs, lambda: make_prompt_cache(theirs), T, args.prefill_chunk, vocab)
+            a["agree"] = float(np.linalg.norm(a["logits"] - b["logits"]) / np.linalg.norm(b["logits"]))
+        bench_pair([r for r in (a, b) if r], args.decode)
         rows.append((a, b))
+        gc.collect()
         print(_row(a, b), flush=True)
     if args.out:
         _write(args, rows)
