@@ -191,8 +191,11 @@ def check_attn_decode():
             q, kc, vc = t.make(B, S, Hq, Hkv, D, dt, seed=S)
             ref = test_attn_flash.reference(q, kc[:, :, :S], vc[:, :, :S], D ** -0.5, False).reshape(B, 1, Hq * D)
             err = rel(attn.attn_decode(q, kc, vc, S, D ** -0.5, backend=gpu_backend()), ref)
-            print(f"attn_decode {shape:22s} {run:8s} err {err:.1e} {'ok' if err < t.TOL[dt] else 'FAIL'}",
-                  flush=True)
+            gate = t.gate_view(B, Hq, D, dt, seed=S)                       # a strided view, read in place
+            gref = ref * mx.sigmoid(gate.astype(mx.float32)).reshape(B, 1, Hq * D)
+            gerr = rel(attn.attn_decode(q, kc, vc, S, D ** -0.5, backend=gpu_backend(), gate=gate), gref)
+            print(f"attn_decode {shape:22s} {run:8s} err {err:.1e}, gated {gerr:.1e} "
+                  f"{'ok' if max(err, gerr) < t.TOL[dt] else 'FAIL'}", flush=True)
 
 
 def per_call(fn, x, conv, state, n=100):

@@ -5,6 +5,9 @@
 // [32 x, 32 x + 32) of one (b, query head), a lane per column; simdgroup sg takes splits sg, sg + NW, ...
 // (128 bytes of o per split and simdgroup: the many loads of a long cache's splits go out in parallel), then
 // the NW partial sums are added.
+// GATE: the layer's output gate applied on the way out, out *= sigmoid(gate), gate [B, 1, Hq, D] a strided view
+// of the projection row (read in place with its strides: the kernel is built with ensure_row_contiguous off,
+// o, m and l are attn_decode's own contiguous outputs). Saves the elementwise launch that would follow.
 constexpr int NW = NT / 32;
 const int S = meta[0];
 const int L = meta[1];
@@ -35,5 +38,11 @@ BARRIER();
 if (sg == 0 && c < D) {
   float sum = 0.0f;
   UNROLL for (int w = 0; w < NW; ++w) sum += part[32 * w + int(lane)];
-  out[((int64_t)b * Hq + h) * D + c] = static_cast<InT>(sum / den);
+  float y = sum / den;
+  if (GATE) {
+    const float z = float(gate[(int64_t)b * gate_strides[0] + (int64_t)h * gate_strides[2] +
+                               (int64_t)c * gate_strides[3]]);
+    y = y / (1.0f + fexp(-z));
+  }
+  out[((int64_t)b * Hq + h) * D + c] = static_cast<InT>(y);
 }

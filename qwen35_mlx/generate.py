@@ -253,7 +253,8 @@ def _decode(model, cache, inputs, prefill_chunk, start, prompt_cache, budget, sa
     prompt_time = None
     for n in range(budget):
         if n + 1 < budget:                                  # queue the next step before reading this one
-            penalties.add(token)
+            if penalties.active:                            # else two scatters a token that nothing reads
+                penalties.add(token)
             nxt, nxt_lp = sample(model(token[:, None], cache=cache)[:, -1])
             mx.async_eval(nxt, nxt_lp)
         t = token.item()

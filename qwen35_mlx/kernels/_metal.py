@@ -53,8 +53,12 @@ KERNELS = {
     "attn_qk": (("proj", "qw", "kw", "inv_freq", "pos", "eps"), ("q", "k")),
     "attn_flash": (("q", "k", "v", "scale_in", "meta"), ("out",)),
     "attn_decode": (("q", "kc", "vc", "scale_in", "meta"), ("o_out", "m_out", "l_out")),
-    "attn_decode_combine": (("o", "m", "l", "meta"), ("out",)),
+    "attn_decode_combine": (("o", "m", "l", "gate", "meta"), ("out",)),
 }
+
+# Kernels that read their inputs in place with their strides (built with ensure_row_contiguous off): MLX would
+# otherwise copy a strided view into a contiguous buffer first, one more launch.
+STRIDED = frozenset({"attn_decode_combine"})
 
 
 def _disabled() -> frozenset:
@@ -151,5 +155,7 @@ def _kernel(name, backend, factory, reader, smem=0):
 def _build(factory, name, header, body, smem=0):
     inputs, outputs = KERNELS[name]
     extra = {"shared_memory": smem} if smem else {}
+    if name in STRIDED:
+        extra["ensure_row_contiguous"] = False
     return factory(name=name, input_names=list(inputs), output_names=list(outputs), source=body, header=header,
                    **extra)

@@ -127,14 +127,17 @@ def decode_split(S: int, G: int) -> tuple[int, int]:
     return L, lmax
 
 
-def attn_decode(q, kc, vc, S: int, scale: float, *, backend: str, nt: int = DECODE_NT):
+def attn_decode(q, kc, vc, S: int, scale: float, *, backend: str, gate=None, nt: int = DECODE_NT):
     """One query per head q [B, Hq, 1, D] over the first S rows of the cache buffers kc, vc [B, Hkv, SC, D] (read in
-    place). Returns [B, 1, Hq * D] in q's dtype."""
+    place). Returns [B, 1, Hq * D] in q's dtype, times sigmoid(gate) where a gate [B, 1, Hq, D] is given (any
+    strides: read in place)."""
     B, Hq, _, D = q.shape
     Hkv, SC = kc.shape[1], kc.shape[2]
     G = Hq // Hkv
     if Hq % Hkv or G > DECODE_MAX_G or not 0 < S <= SC:
         raise ValueError(f"attn_decode: {Hq} query heads over {Hkv} key heads, {S} of {SC} cache rows")
+    if gate is not None and gate.shape != (B, 1, Hq, D):
+        raise ValueError(f"attn_decode: gate of shape {tuple(gate.shape)}; expected {(B, 1, Hq, D)}")
     L, lmax = decode_split(S, G)
     NS = -(-S // L)
     if NS > DECODE_NSMAX:
@@ -148,12 +151,18 @@ def attn_decode(q, kc, vc, S: int, scale: float, *, backend: str, nt: int = DECO
         output_shapes=[(B, Hq, NS, D), (B, Hq, NS), (B, Hq, NS)],
         output_dtypes=[mx.float32] * 3,
     )
+    return decode_combine(o, m, l, meta, q.dtype, gate, backend)
+
+
+def decode_combine(o, m, l, meta, dtype, gate, backend: str):
+    """attn_decode's splits o [B, Hq, NS, D], m and l [B, Hq, NS] merged into [B, 1, Hq * D] (gated if a gate)."""
+    B, Hq, _, D = o.shape
     (out,) = _metal.kernel("attn_decode_combine", backend)(
-        inputs=[o, m, l, meta],
-        template=[("InT", q.dtype), ("D", D), ("Hq", Hq), ("NT", COMBINE_NT)],
+        inputs=[o, m, l, m if gate is None else gate, meta],     # without a gate the kernel never reads that slot
+        template=[("InT", dtype), ("D", D), ("Hq", Hq), ("NT", COMBINE_NT), ("GATE", gate is not None)],
         grid=(COMBINE_NT * -(-D // 32), Hq, B),
         threadgroup=(COMBINE_NT, 1, 1),
         output_shapes=[(B, 1, Hq * D)],
-        output_dtypes=[q.dtype],
+        output_dtypes=[dtype],
     )
     return out

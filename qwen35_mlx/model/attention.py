@@ -39,7 +39,7 @@ class Attention(DecodeFusion, nn.Module):
         q, k, v, gate = self.project(x, rope, positions)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
-        return self.finish(self.attend(q, k, v, mask, cache), gate)
+        return self.o_proj(self.attend(q, k, v, mask, cache, gate))
 
     def project(self, x, rope, positions):
         """x [B, T, H] -> q [B, heads, T, D], k and v [B, kv_heads, T, D] (normed, rotated), gate [B, T, heads, D]
@@ -76,23 +76,30 @@ class Attention(DecodeFusion, nn.Module):
         v = row[..., nq + self.n_kv * D:].reshape(B, T, self.n_kv, D).transpose(0, 2, 1, 3)
         return q, k, v, gate
 
-    def attend(self, q, k, v, mask, cache):
-        """Attention of q [B, heads, T, D] over the whole cache. Where a GPU backend runs our kernels, a decode
+    def attend(self, q, k, v, mask, cache, gate=None):
+        """Attention of q [B, heads, T, D] over the whole cache, times sigmoid(gate) if given (gate [B, T, heads, D],
+        as project returns it): [B, T, heads * D], what o_proj reads. Where a GPU backend runs our kernels, a decode
         step goes through attn_decode (the keys split over the GPU, read in place from the cache buffers) and a
         chunk of queries through our flash kernel (metal/attn_flash.metal): MLX has no fused kernel for head
         dim 256 on a chunk of queries, and materialises the scores of all T queries against all S keys. Without the
         kernel, long contexts go in query blocks of bounded score memory. A chunk against a quantized cache
         attends over its dequantized keys and values (1.7x faster than the quantized SDPA on an H100, without
         the kernel; see benchmarks/bench_attention.py)."""
-        B, H, T, _ = q.shape
+        T = q.shape[2]
         quantized = isinstance(k, (tuple, list))
         if quantized and T >= DEQUANT_MIN_T:
             k, v = (mx.dequantize(*x, group_size=cache.group_size, bits=cache.bits).astype(q.dtype) for x in (k, v))
             cache, quantized = None, False
         if T == 1 and mask is None and isinstance(cache, KVCache) and not quantized:
             backend = decode_backend(q, k)
-            if backend:         # over the cache buffers in place (k, v are views of their filled rows)
-                return attn_decode(q, cache.keys, cache.values, k.shape[2], self.scale, backend=backend)
+            if backend:         # over the cache buffers in place (k, v are views of their filled rows), gated
+                return attn_decode(q, cache.keys, cache.values, k.shape[2], self.scale, gate=gate, backend=backend)
+        out = self._attend(q, k, v, mask, cache, quantized)
+        return out if gate is None else _gated(out, gate)
+
+    def _attend(self, q, k, v, mask, cache, quantized):
+        """attend without the gate (every path but attn_decode's)."""
+        B, H, T, _ = q.shape
         backend = flash_backend(q, k, mask) if T > 1 and not quantized else None
         if backend:
             return attn_flash(q, k, v, self.scale, causal=mask is not None, backend=backend).reshape(B, T, -1)
@@ -114,6 +121,8 @@ class Attention(DecodeFusion, nn.Module):
             out = mx.concatenate(parts, axis=2)
         return out.transpose(0, 2, 1, 3).reshape(B, T, -1)
 
-    def finish(self, out, gate):
-        """out [B, T, heads * D] (attend's), gate [B, T, heads, D] -> the layer's output."""
-        return self.o_proj((out.reshape(gate.shape) * mx.sigmoid(gate)).reshape(out.shape))
+
+@mx.compile
+def _gated(out, gate):
+    """out [B, T, heads * D] times sigmoid(gate [B, T, heads, D]): one fused launch."""
+    return (out.reshape(gate.shape) * mx.sigmoid(gate)).reshape(out.shape)

@@ -51,9 +51,9 @@ class DecoderLayer(nn.Module):
         n, x = self._norm_in(x, h)
         return x, *at.project(n, rope, off)
 
-    def finish_step(self, x, out, gate):
-        """decode, attention layer, after attending: -> the stream pair."""
-        return self._mlp_block(x, self.self_attn.finish(out, gate))
+    def finish_step(self, x, out):
+        """decode, attention layer, after attending (out: attend's, gated): -> the stream pair."""
+        return self._mlp_block(x, self.self_attn.o_proj(out))
 
     def _norm_in(self, x, h):
         """(input norm of the stream, the stream) for the stream x + h (h None: x)."""
@@ -257,9 +257,9 @@ class Qwen35Model(nn.Module):
         next attention layer's projections (7 compiled calls per token for Qwen3.5's 3:1 layout instead of ~60
         layer calls: host time per call is what decode on a GPU pays). positions: the int offset, or [3, B, 1]."""
         off = positions if isinstance(positions, mx.array) else mx.array(positions, mx.int32)
-        h = out = gate = None
+        h = out = None
         for gdn, proj, fn in self._segments():
-            res = fn(x, h, out, gate, off, *[a for i in gdn for a in (cache[i].conv, cache[i].state)])
+            res = fn(x, h, out, off, *[a for i in gdn for a in (cache[i].conv, cache[i].state)])
             for j, i in enumerate(gdn):
                 cache[i].conv, cache[i].state = res[1 + 2 * j], res[2 + 2 * j]
             x, rest = res[0], res[1 + 2 * len(gdn):]
@@ -269,7 +269,7 @@ class Qwen35Model(nn.Module):
                 h = None                                             # consumed by the projection's norm
                 q, k, v, gate = rest
                 k, v = cache[proj].update_and_fetch(k, v)
-                out = self.layers[proj].self_attn.attend(q, k, v, None, cache[proj])
+                out = self.layers[proj].self_attn.attend(q, k, v, None, cache[proj], gate)
         return x, h
 
     def _segments(self) -> list:
@@ -291,9 +291,9 @@ class Qwen35Model(nn.Module):
     def _segment_fn(self, fin, gdn, proj):
         layers, rope = self.layers, self.rope
 
-        def segment(x, h, out, gate, off, *states):
+        def segment(x, h, out, off, *states):
             if fin is not None:
-                x, h = layers[fin].finish_step(x, out, gate)
+                x, h = layers[fin].finish_step(x, out)
             new = []
             for j, i in enumerate(gdn):
                 x, h, conv, state = layers[i].linear_step(x, h, states[2 * j], states[2 * j + 1])

@@ -34,20 +34,37 @@ def make(B, S, Hq, Hkv, D, dtype, seed, spare=40):
     return q, mx.array(kc).astype(dtype), mx.array(vc).astype(dtype)
 
 
-def check(shape, run_id, seed, nt=attn.DECODE_NT):
+def gate_view(B, Hq, D, dtype, seed):
+    """A gate [B, 1, Hq, D] as the layer has it: the second half of each head's (query | gate) slice of a longer
+    projection row, a strided view (never copied). Its values span the sigmoid's range."""
+    rng = np.random.default_rng(seed)
+    row = mx.array(rng.uniform(-4, 4, (B, 1, 2 * Hq * D + 24)).astype(np.float32)).astype(dtype)
+    return row[..., :2 * Hq * D].reshape(B, 1, Hq, 2 * D)[..., D:]
+
+
+def check(shape, run_id, seed, nt=attn.DECODE_NT, gated=False):
     Hq, Hkv, D, dtype = SHAPES[shape]
     B, S = RUNS[run_id]
     q, kc, vc = make(B, S, Hq, Hkv, D, dtype, seed)
-    out = attn.attn_decode(q, kc, vc, S, D ** -0.5, backend="metal", nt=nt)
+    gate = gate_view(B, Hq, D, dtype, seed + 1) if gated else None
+    out = attn.attn_decode(q, kc, vc, S, D ** -0.5, backend="metal", nt=nt, gate=gate)
     assert out.shape == (B, 1, Hq * D) and out.dtype == dtype
     ref = reference(q, kc[:, :, :S], vc[:, :, :S], D ** -0.5, causal=False).reshape(B, 1, Hq * D)
-    assert_rel_close(out.astype(mx.float32), ref, TOL[dtype], f"{shape} {run_id}")
+    if gated:
+        ref = ref * mx.sigmoid(gate.astype(mx.float32)).reshape(B, 1, Hq * D)
+    assert_rel_close(out.astype(mx.float32), ref, TOL[dtype], f"{shape} {run_id}{' gated' if gated else ''}")
 
 
 @pytest.mark.parametrize("run_id", list(RUNS), ids=list(RUNS))
 @pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
 def test_kernel_matches_reference(metal_on_cpu, shape, run_id):
     check(shape, run_id, seed=len(shape) + 3 * len(run_id))
+
+
+@pytest.mark.parametrize("shape", ["qwen35-8q2k-256-bf16", "6q3k-64-fp32"])
+def test_output_gate(metal_on_cpu, shape):
+    """The layer's output gate applied in the merge, read in place from a strided view of the projection row."""
+    check(shape, "B2-S300", seed=4, gated=True)
 
 
 def test_two_simdgroups(metal_on_cpu):
@@ -65,9 +82,9 @@ def test_combine_many_splits(metal_on_cpu, D):
     m = rng.uniform(-6, 6, (B, Hq, NS))
     l = rng.uniform(0.5, 40, (B, Hq, NS))
     (out,) = attn._metal.kernel("attn_decode_combine", "metal")(
-        inputs=[mx.array(o, mx.float32), mx.array(m, mx.float32), mx.array(l, mx.float32),
+        inputs=[mx.array(o, mx.float32), mx.array(m, mx.float32), mx.array(l, mx.float32), mx.zeros((1,)),
                 mx.array([S, L, S], dtype=mx.int32)],
-        template=[("InT", mx.float32), ("D", D), ("Hq", Hq), ("NT", attn.COMBINE_NT)],
+        template=[("InT", mx.float32), ("D", D), ("Hq", Hq), ("NT", attn.COMBINE_NT), ("GATE", False)],
         grid=(attn.COMBINE_NT * -(-D // 32), Hq, B), threadgroup=(attn.COMBINE_NT, 1, 1),
         output_shapes=[(B, 1, Hq * D)], output_dtypes=[mx.float32])
     w = np.exp2(m - m.max(-1, keepdims=True))
@@ -94,7 +111,7 @@ def test_backend_choice(metal_on_cpu, monkeypatch):
 
 
 def test_layer_decode_matches_mlx_path(metal_on_cpu, monkeypatch):
-    """Attention.attend on a decode step over an mlx-lm KVCache: the kernels against the MLX SDPA path."""
+    """Attention.attend on a decode step over an mlx-lm KVCache, gated: the kernels against the MLX SDPA path."""
     from types import SimpleNamespace
     from qwen35_mlx.model.attention import Attention
     cfg = SimpleNamespace(num_attention_heads=4, num_key_value_heads=2, head_dim=64, hidden_size=32, rms_norm_eps=1e-6)
@@ -103,9 +120,10 @@ def test_layer_decode_matches_mlx_path(metal_on_cpu, monkeypatch):
     cache = KVCache()
     k, v = cache.update_and_fetch(kc, vc)                                   # 90 rows in a 256-row buffer
     assert cache.keys.shape[2] > 90
-    fast = layer.attend(q, k, v, None, cache)
+    gate = gate_view(1, 4, 64, mx.bfloat16, seed=9)
+    fast = layer.attend(q, k, v, None, cache, gate)
     monkeypatch.setattr(attn._metal, "DISABLED", frozenset({"attn_decode"}))
-    slow = layer.attend(q, k, v, None, cache)
+    slow = layer.attend(q, k, v, None, cache, gate)
     assert fast.shape == slow.shape == (1, 1, 4 * 64)
     assert_rel_close(fast.astype(mx.float32), slow.astype(mx.float32), 1e-2, "layer decode")
 
@@ -115,10 +133,12 @@ PLANTED = {
     "split-overrun": ("attn_decode.metal", "(S - j0 < L ? S - j0 : L)", "(S - j0 < L ? S - j0 + 1 : L)"),
     "combine-unweighted": ("attn_decode_combine.metal", "acc += fexp2(m[r + s] - top) * o", "acc += o"),
     "combine-partials": ("attn_decode_combine.metal", "BARRIER();\nif (sg == 0", "if (sg == 0"),
+    "gate-head-stride": ("attn_decode_combine.metal", "(int64_t)h * gate_strides[2]", "(int64_t)h * D"),
 }
 
 
 @pytest.mark.parametrize("bug", list(PLANTED), ids=list(PLANTED))
 def test_planted_bug_is_caught(metal_on_cpu, monkeypatch, bug):
     source, text, replacement = PLANTED[bug]
-    assert_caught(monkeypatch, source, text, replacement, lambda: check("4q1k-128-fp16", "B2-S300", seed=6))
+    assert_caught(monkeypatch, source, text, replacement,
+                  lambda: check("4q1k-128-fp16", "B2-S300", seed=6, gated=bug.startswith("gate")))

@@ -229,13 +229,16 @@ def cuda_text(name, in_types, out_types, template):
     params = []
     for n, t in zip(ins, in_types):
         params.append(f"    const {CUDA_TYPES[t]}* {n}")
-        if f"{n}_shape" in body:                                      # MLX passes the shape by value
+        if f"{n}_shape" in body:                                      # MLX passes shape and strides by value
             params.append(f"    const __grid_constant__ Shape {n}_shape")
+        if f"{n}_strides" in body:
+            params.append(f"    const __grid_constant__ Strides {n}_strides")
     params += [f"    {CUDA_TYPES[t]}* {n}" for n, t in zip(outs, out_types)]
     consts = "".join(f"  constexpr {'bool' if isinstance(v, bool) else 'int'} {k} = {str(v).lower()};\n"
                      if isinstance(v, (bool, int)) else f"  using {k} = {CUDA_TYPES[v]};\n" for k, v in template)
     return ("#include <cuda_bf16.h>\n#include <cuda_fp16.h>\n#include <cooperative_groups.h>\n#include <cstdint>\n"
             "#include <cuda/std/array>\nusing Shape = cuda::std::array<int32_t, 8>;\n"
+            "using Strides = cuda::std::array<int64_t, 8>;\n"
             + header + "namespace mlx::core::cu {\n\nnamespace cg = cooperative_groups;\n\n"
             + f"__global__ void custom_kernel_{name}(\n" + ",\n".join(params) + ") {\n" + consts + "\n"
             + body + "\n}\n\n} // namespace mlx::core::cu\n")
@@ -266,9 +269,11 @@ def test_cuda_twin_compiles(tmp_path, dt):
                         ("CAUSAL", True), ("QS", dt == f32)]),
         "attn_decode": ([dt] * 3 + [f32, i32], [f32] * 3,
                         [("InT", dt), ("D", 128), ("Hq", 8), ("Hkv", 2), ("LMAX", 1024), ("NT", 128)]),
-        "attn_decode_combine": ([f32] * 3 + [i32], [dt], [("InT", dt), ("D", 128), ("Hq", 8), ("NT", 128)]),
+        "attn_decode_combine": ([f32] * 3 + [dt, i32], [dt],
+                                [("InT", dt), ("D", 128), ("Hq", 8), ("NT", 128), ("GATE", True)]),
     }
     for name, (ins, outs, template) in kernels.items():
+        assert len(ins) == len(_metal.KERNELS[name][0]), name
         src = tmp_path / f"{name}.cu"
         src.write_text(cuda_text(name, ins, outs, template))
         r = subprocess.run(["nvcc", "-arch=sm_90a", "-c", str(src), "-o",
