@@ -88,14 +88,12 @@ def build_mlx_lm(cfg, weights, bits):
 def last_logits(model, ids, cache):
     """Logits of the last position only (what generation needs; the lm_head over every prompt position
     would cost as much as a third of the model)."""
-    if hasattr(model, "make_cache"):
-        if "qwen35_mlx" in type(model).__module__:
-            return model(ids, cache=cache, last_only=True)[:, -1]
-        lm = model.language_model                                  # mlx-lm: its inner model, then its head
-        h = lm.model(ids, cache)[:, -1:]
-        head = lm.model.embed_tokens.as_linear if lm.args.tie_word_embeddings else lm.lm_head
-        return head(h)[:, -1]
-    raise TypeError(type(model))
+    if not hasattr(model, "language_model"):                           # ours (or a wrapper of it)
+        return model(ids, cache=cache, last_only=True)[:, -1]
+    lm = model.language_model                                          # mlx-lm: its inner model, then its head
+    h = lm.model(ids, cache)[:, -1:]
+    head = lm.model.embed_tokens.as_linear if lm.args.tie_word_embeddings else lm.lm_head
+    return head(h)[:, -1]
 
 
 def run(model, cache, ids, chunk):

@@ -8,6 +8,10 @@
 // share a row, each holding Dk / L consecutive keys in registers (as gdn_step), so it is read and written once.
 // Every conv history channel is written by one threadgroup: v channels by their value head, q/k channels by the
 // first value head of their key head.
+// OUT: the layer's output projection too, as partial sums: y [B, Hv, HO] float32 (OutT), y[b, hv] = w_out[:, hv Dv
+// : hv Dv + Dv] . (this head's normed output, rounded to InT as the matmul would read it); norm_gemv adds the
+// Hv parts to the residual stream. Saves the out_proj launch; the weight slice (HO x Dv) streams through one
+// threadgroup per head. Else y [B, Hv Dv] is the normed output in InT (OutT), w_out unread.
 constexpr int EPL = Dk / L;
 constexpr int R = NT / L;
 constexpr int NSG = NT / 32;
@@ -115,8 +119,47 @@ float sy = 0.0f;
 UNROLL for (int i = 0; i < NSG; ++i) sy += red[i];
 const float inv = frsqrt(sy / float(Dv) + eps[0]);
 const device InT* zb = xin + CONV_DIM + hv * Dv;
-device InT* yb = y + (int64_t)go * Dv;
 for (int i = int(tid); i < Dv; i += NT) {
   const float zi = float(zb[i]);
-  yb[i] = static_cast<InT>(float(norm_w[i]) * yS[i] * inv * zi / (1.0f + fexp(-zi)));
+  const InT yi = static_cast<InT>(float(norm_w[i]) * yS[i] * inv * zi / (1.0f + fexp(-zi)));
+  if (OUT) {
+    yS[i] = float(yi);                                // each thread rewrites only what it read
+  } else {
+    y[(int64_t)go * Dv + i] = static_cast<OutT>(yi);
+  }
+}
+
+// 5. (OUT) this head's part of the output projection: simdgroup sg takes rows sg RO, ... in steps of RO rows
+// (their loads issued together), a lane EPN consecutive columns per chunk of 32 EPN (up to 16 bytes: Dv * sizeof(InT)
+// a multiple of 4 bytes, EPN the widest piece that tiles Dv).
+if (OUT) {
+  constexpr int E1 = 4 / int(sizeof(InT));
+  constexpr int EPN = Dv % (128 * E1) == 0 ? 4 * E1 : (Dv % (64 * E1) == 0 ? 2 * E1 : E1);
+  constexpr int NCH = (Dv + 32 * EPN - 1) / (32 * EPN);
+  constexpr int RO = 4;
+  BARRIER();
+  float yv[NCH][EPN];
+  UNROLL for (int ch = 0; ch < NCH; ++ch) {
+    const int c = (ch * 32 + int(lane)) * EPN;
+    UNROLL for (int e = 0; e < EPN; ++e) yv[ch][e] = c < Dv ? yS[c + e] : 0.0f;
+  }
+  const device InT* wb = w_out + hv * Dv;
+  for (int n0 = int(sg) * RO; n0 < HO; n0 += NSG * RO) {
+    float acc[RO];
+    UNROLL for (int r = 0; r < RO; ++r) {
+      acc[r] = 0.0f;
+      UNROLL for (int ch = 0; ch < NCH; ++ch) {
+        const int c = (ch * 32 + int(lane)) * EPN;
+        if (c < Dv && n0 + r < HO) {
+          float wv[EPN];
+          vload<EPN>(wv, wb + (int64_t)(n0 + r) * (Hv * Dv) + c);
+          UNROLL for (int e = 0; e < EPN; ++e) acc[r] += wv[e] * yv[ch][e];
+        }
+      }
+    }
+    UNROLL for (int r = 0; r < RO; ++r) {
+      UNROLL for (int m = 16; m >= 1; m >>= 1) acc[r] += shfl_xor(acc[r], m);
+      if (int(lane) == r && n0 + r < HO) y[(int64_t)go * HO + n0 + r] = static_cast<OutT>(acc[r]);
+    }
+  }
 }

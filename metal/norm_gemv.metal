@@ -3,6 +3,8 @@
 // GPU pays per launch. Reference: rms_norm (qwen35_mlx/kernels/norm.py) then the matmul (then silu(g) * u), MLX ops.
 //   xn = InT(nw * rmsnorm(s)), s = InT(x + h) (ADD; s is written to res by threadgroup 0) or s = x
 //   y[n] = InT(W[n] . xn) for n < N, or with GLU y[n] = InT(silu(g) u), g = W[n] . xn, u = W[n + N] . xn
+// PARTS > 0: h is PARTS float32 partial sums per token, [M, PARTS, K], added in order (a GDN layer's output
+// projection as gdn_decode leaves it, one part per value head: the sum costs reads, not a launch).
 // x, h [M, K], nw [K] float32, W [N or 2 N, K] row-major (nn.Linear's weight), y [M, N], res [M, K].
 // Grid (NT * ceil(N / (NW R)), 1, M), threadgroup NT = 32 NW: each threadgroup normalises its token's row into
 // threadgroup memory (K values: cheap, and no launch in between), then simdgroup sg takes R outputs, a lane
@@ -14,7 +16,7 @@ constexpr int SW = 32 * VW;                           // elements of a row per s
 constexpr int NR = GLU ? 2 : 1;                       // weight rows per output
 const int m = int(tgid.z);
 const device InT* xr = x + (int64_t)m * K;
-const device InT* hr = h + (int64_t)m * K;
+const auto hr = h + (int64_t)m * (PARTS > 0 ? PARTS : 1) * K;   // InT rows, or float parts
 threadgroup InT xs[K];
 threadgroup float red[NW];
 
@@ -26,6 +28,11 @@ for (int i = 4 * int(tid); i < K; i += 4 * NT) {
   if (ADD) {
     float hv[4];
     vload<4>(hv, hr + i);
+    for (int p = 1; p < PARTS; ++p) {
+      float hp[4];
+      vload<4>(hp, hr + (int64_t)p * K + i);
+      UNROLL for (int e = 0; e < 4; ++e) hv[e] += hp[e];
+    }
     UNROLL for (int e = 0; e < 4; ++e) {
       const InT s = static_cast<InT>(v[e] + hv[e]);
       if (tgid.x == 0) res[(int64_t)m * K + i + e] = s;

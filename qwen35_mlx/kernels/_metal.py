@@ -44,7 +44,7 @@ KERNELS = {
     "gdn_chunk_prep": (("q", "k", "v", "g", "beta", "meta"), ("W", "U", "Aqk", "Gc")),
     "gdn_chunk_scan": (("q", "k", "W", "U", "Aqk", "Gc", "state_in", "meta"), ("y", "state_out")),
     "gdn_step": (("q", "k", "v", "g", "beta", "state_in", "meta"), ("y", "state_out", "states")),
-    "gdn_decode": (("proj", "conv_in", "conv_w", "A_log", "dt_bias", "norm_w", "state_in", "eps"),
+    "gdn_decode": (("proj", "conv_in", "conv_w", "A_log", "dt_bias", "norm_w", "state_in", "eps", "w_out"),
                    ("y", "conv_out", "state_out")),
     "gdn_conv": (("qkv", "conv_in", "conv_w", "a_in", "b_in", "A_log", "dt_bias", "meta"),
                  ("q", "k", "v", "g", "beta", "conv_out")),

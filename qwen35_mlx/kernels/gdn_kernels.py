@@ -204,28 +204,44 @@ def decode_backend(Dk: int, conv_kernel: int) -> str | None:
     return gpu_backend()
 
 
+def out_fusable(w_out, dtype, Hv: int, Dv: int) -> bool:
+    """Whether gdn_decode can take the output projection w_out [HO, Hv Dv] too: a plain weight in the activation
+    dtype, a head's columns whole 4-byte words (a lane reads one to four of them at a time)."""
+    return FUSE_OUT_PROJ and w_out.dtype == dtype and w_out.ndim == 2 and w_out.shape[1] == Hv * Dv \
+        and Dv * dtype.size % 4 == 0
+
+
+FUSE_OUT_PROJ = True          # gdn_decode may take the output projection (off: the A/B of benchmarks)
+
+
 def gdn_decode(proj, conv, conv_w, A_log, dt_bias, norm_w, state, eps: float, *, Hk: int, Hv: int, Dk: int,
-               Dv: int, backend: str):
+               Dv: int, backend: str, w_out=None):
     """One decode step of a GDN mixer after its projections, fused (metal/gdn_decode.metal).
 
     proj [B, P]: the input projections side by side, [qkv | z | b | a] with qkv the flat [q | k | v]
     (2 Hk Dk + Hv Dv), z (Hv Dv), b and a (Hv each); conv [B, K-1, 2 Hk Dk + Hv Dv] history, conv_w [same, K],
     A_log and dt_bias [Hv], norm_w [Dv], state [B, Hv, Dv, Dk] float32.
-    Returns (y [B, Hv Dv] gated-normed in proj's dtype, new conv history, new state)."""
+    Returns (y [B, Hv Dv] gated-normed in proj's dtype, new conv history, new state); with w_out [HO, Hv Dv] (the
+    output projection, see out_fusable) y is instead its per-head partial sums [B, Hv, HO] float32, summed by
+    norm_gemv(parts=True)."""
     B, P = proj.shape
     C = 2 * Hk * Dk + Hv * Dv
     if P != C + Hv * Dv + 2 * Hv:
         raise ValueError(f"gdn_decode: projection row of {P} values; expected {C + Hv * Dv + 2 * Hv}")
+    if w_out is not None and not out_fusable(w_out, proj.dtype, Hv, Dv):
+        raise ValueError(f"gdn_decode: an output projection {tuple(w_out.shape)} {w_out.dtype} it cannot take")
     K = conv_w.shape[1]
+    HO = 0 if w_out is None else w_out.shape[0]
+    y_shape, y_dtype = ((B, Hv, HO), mx.float32) if HO else ((B, Hv * Dv), proj.dtype)
     out = _metal.kernel("gdn_decode", backend)(
         inputs=[proj, conv.astype(proj.dtype), conv_w, A_log, dt_bias, norm_w, state.astype(mx.float32),
-                _metal.f32_scalar(eps)],
-        template=[("InT", proj.dtype), ("Dk", Dk), ("Dv", Dv), ("Hk", Hk), ("Hv", Hv), ("K", K),
-                  ("L", step_lanes(Dk)), ("NT", NT_DECODE)],
+                _metal.f32_scalar(eps), proj if w_out is None else w_out],      # without OUT w_out is unread
+        template=[("InT", proj.dtype), ("OutT", y_dtype), ("Dk", Dk), ("Dv", Dv), ("Hk", Hk), ("Hv", Hv), ("K", K),
+                  ("L", step_lanes(Dk)), ("NT", NT_DECODE), ("OUT", HO > 0), ("HO", HO)],
         grid=(NT_DECODE, Hv, B),
         threadgroup=(NT_DECODE, 1, 1),
-        output_shapes=[(B, Hv * Dv), (B, K - 1, C), (B, Hv, Dv, Dk)],
-        output_dtypes=[proj.dtype, proj.dtype, mx.float32],
+        output_shapes=[y_shape, (B, K - 1, C), (B, Hv, Dv, Dk)],
+        output_dtypes=[y_dtype, proj.dtype, mx.float32],
     )
     return out[0], out[1], out[2]
 

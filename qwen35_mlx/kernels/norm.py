@@ -84,20 +84,28 @@ def gemv_backend(x, w) -> str | None:
     return gpu_backend()
 
 
-def norm_gemv(x, weight, eps: float, w, residual=None, *, glu: bool = False, backend: str):
+def norm_gemv(x, weight, eps: float, w, residual=None, *, glu: bool = False, parts: bool = False, backend: str):
     """RMSNorm of x [..., K] (with `residual`: of residual + x, rounded to x's dtype) then the product with w
     [N, K] (w @ row for each row), in one launch. glu: w holds [gate; up] (2 N rows) and the result is
-    silu(gate) * up, [..., N]. Returns y (and, with residual, the sum residual + x)."""
+    silu(gate) * up, [..., N]. Returns y (and, with residual, the sum residual + x).
+    parts: x is float32 partial sums [B, P, K] of what is added to residual [B, 1, K] (gdn_decode's output
+    projection, one part per head); the sum is residual + (their float32 sum), rounded once."""
     K = x.shape[-1]
     N = w.shape[0] // 2 if glu else w.shape[0]
-    M = x.size // K
     add = residual is not None
+    if parts and (not add or x.ndim != 3 or x.dtype != mx.float32 or residual.shape != (x.shape[0], 1, K)):
+        raise ValueError(f"norm_gemv: parts {tuple(x.shape)} {x.dtype} for a residual of "
+                         f"{None if residual is None else tuple(residual.shape)}")
+    parts = x.shape[1] if parts else 0
+    rows = residual if parts else x
+    M = rows.size // K
     y, res = _metal.kernel("norm_gemv", backend)(
         inputs=[residual if add else x, x, weight, w, _metal.f32_scalar(float(eps))],
-        template=[("InT", x.dtype), ("K", K), ("N", N), ("NT", GEMV_NT), ("R", GEMV_R), ("ADD", add), ("GLU", glu)],
+        template=[("InT", rows.dtype), ("K", K), ("N", N), ("NT", GEMV_NT), ("R", GEMV_R), ("ADD", add),
+                  ("GLU", glu), ("PARTS", parts)],
         grid=(GEMV_NT * -(-N // (GEMV_NT // 32 * GEMV_R)), 1, M),
         threadgroup=(GEMV_NT, 1, 1),
-        output_shapes=[(*x.shape[:-1], N), x.shape if add else (1,)],
-        output_dtypes=[x.dtype, x.dtype],
+        output_shapes=[(*rows.shape[:-1], N), rows.shape if add else (1,)],
+        output_dtypes=[rows.dtype, rows.dtype],
     )
     return (y, res) if add else y

@@ -122,14 +122,19 @@ class GatedDeltaNet(DecodeFusion, nn.Module):
         return T == 1 and conv is not None and state is not None and \
             gdn_kernels.decode_backend(self.Dk, self.K) is not None
 
-    def mix_row(self, proj, conv, state):
+    def mix_row(self, proj, conv, state, parts: bool = False):
         """mix (see above) of one token from its projection row [B, 1, P] = [qkv | z | b | a]: everything up to
-        out_proj in one gdn_decode launch."""
+        out_proj in one gdn_decode launch. parts (where out_parts allows): out_proj in that launch too, the output
+        left as per-head float32 partial sums [B, Hv, H] for norm_gemv(parts=True) to add."""
         y, conv, state = gdn_kernels.gdn_decode(
             proj[:, 0], conv, self.conv1d.weight[:, :, 0], self.A_log, self.dt_bias, self.norm.weight, state,
             self.norm.eps, Hk=self.Hk, Hv=self.Hv, Dk=self.Dk, Dv=self.Dv,
-            backend=gdn_kernels.decode_backend(self.Dk, self.K))
-        return self.out_proj(y[:, None]), conv, state
+            backend=gdn_kernels.decode_backend(self.Dk, self.K), w_out=self.out_proj.weight if parts else None)
+        return (y if parts else self.out_proj(y[:, None])), conv, state
+
+    def out_parts(self, dtype) -> bool:
+        """Whether mix_row can leave out_proj's output as partial sums (a plain weight of the activation dtype)."""
+        return "bias" not in self.out_proj and gdn_kernels.out_fusable(self.out_proj.weight, dtype, self.Hv, self.Dv)
 
     def conv_gates(self, qkv, conv, a, b):
         """The conv, q/k norms and gates in MLX ops (gdn_conv's reference): -> q, k, v, g, beta, new history."""

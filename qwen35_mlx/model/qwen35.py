@@ -61,28 +61,28 @@ class DecoderLayer(nn.Module):
             return self.input_layernorm(x), x
         return self.input_layernorm.residual(x, h)
 
-    def _norm_row(self, x, h, norm, fused, glu=False):
+    def _norm_row(self, x, h, norm, fused, glu=False, parts=False):
         """decode: (the fused projections `fused` of norm(x + h) as one row, the stream x + h). One norm_gemv
         launch where it runs (add, norm and matrix-vector product), else the norm then the matmul (with glu:
-        silu(gate) * up of the [gate; up] row)."""
+        silu(gate) * up of the [gate; up] row). parts: h is gdn_decode's partial sums (norm_gemv must run)."""
         w = fused.dense_weight()
         backend = gemv_backend(x, w)
         if backend:
             if h is None:
                 return norm_gemv(x, norm.weight, norm.eps, w, glu=glu, backend=backend), x
-            return norm_gemv(h, norm.weight, norm.eps, w, residual=x, glu=glu, backend=backend)
+            return norm_gemv(h, norm.weight, norm.eps, w, residual=x, glu=glu, parts=parts, backend=backend)
         n, x = (norm(x), x) if h is None else norm.residual(x, h)
         if glu:
             gate, up = fused(n)
             return nn.silu(gate) * up, x
         return fused.joined(n), x
 
-    def _mlp_block(self, x, out):
+    def _mlp_block(self, x, out, parts=False):
         """The residual add of the mixer output, then the MLP: -> (stream, MLP output), the pair the next
-        layer adds."""
+        layer adds. parts: out is gdn_decode's partial sums (only where _mlp_row says norm_gemv runs)."""
         mlp = self.mlp
         if x.shape[-2] == 1 and isinstance(mlp, MLP) and mlp._fused is not None:      # decode: fused gate/up
-            act, x = self._norm_row(x, out, self.post_attention_layernorm, mlp._fused, glu=True)
+            act, x = self._norm_row(x, out, self.post_attention_layernorm, mlp._fused, glu=True, parts=parts)
             return x, mlp.down_proj(act)
         n, x = self.post_attention_layernorm.residual(x, out)
         return x, mlp(n)
@@ -90,13 +90,21 @@ class DecoderLayer(nn.Module):
     def linear_step(self, x, h, conv, state):
         """decode, one GDN layer: (x, h, conv history, state) -> (x, h, new conv history, new state)."""
         a = self.linear_attn
+        parts = False
         if a.row_kernel(1, conv, state) and a._fused is not None:
             row, x = self._norm_row(x, h, self.input_layernorm, a._fused)
-            out, conv, state = a.mix_row(row, conv, state)
+            parts = self._mlp_row(x) and a.out_parts(x.dtype)      # out_proj inside gdn_decode, summed by norm_gemv
+            out, conv, state = a.mix_row(row, conv, state, parts=parts)
         else:
             n, x = self._norm_in(x, h)
             out, conv, state = a.mix(n, conv, state)
-        return *self._mlp_block(x, out), conv, state
+        return *self._mlp_block(x, out, parts), conv, state
+
+    def _mlp_row(self, x) -> bool:
+        """decode: whether the MLP's norm and gate/up projections run as one norm_gemv launch here."""
+        mlp = self.mlp
+        return isinstance(mlp, MLP) and mlp._fused is not None and \
+            gemv_backend(x, mlp._fused.dense_weight()) is not None
 
     def ensure_fused(self) -> list:
         """Fused decode projections, built on the first decode step, rebuilt where weights were replaced since.

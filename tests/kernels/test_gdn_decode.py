@@ -108,6 +108,39 @@ def test_decode_kernel_on_fused_projections(metal_on_cpu, monkeypatch, dtype):
     check(layer, *make_step(layer, 2, dtype, seed=12), monkeypatch, dtype, "fused projections")
 
 
+def check_out_parts(layer, x, conv, state, dtype, name):
+    """gdn_decode with the output projection (OUT): per-head partial sums [B, Hv, H] whose sum is out_proj of the
+    normed output, against float64 on the kernel's own normed output (y from the launch without OUT, so only the
+    projection and its split by head are under test here; the rest is checked above). Conv and state as without."""
+    B = x.shape[0]
+    row = layer._fused.joined(x) if layer._fused is not None else mx.concatenate(
+        [layer.in_proj_qkv(x), layer.in_proj_z(x), layer.in_proj_b(x), layer.in_proj_a(x)], axis=-1)
+    y, conv1, state1 = layer.mix_row(row, conv, state)                 # out_proj(y) by MLX: y is in y's graph
+    yn = gdn_kernels.gdn_decode(row[:, 0], conv, layer.conv1d.weight[:, :, 0], layer.A_log, layer.dt_bias,
+                                layer.norm.weight, state, layer.norm.eps, Hk=layer.Hk, Hv=layer.Hv, Dk=layer.Dk,
+                                Dv=layer.Dv, backend=gdn_kernels.decode_backend(layer.Dk, layer.K))[0]
+    assert layer.out_parts(dtype)
+    parts, conv2, state2 = layer.mix_row(row, conv, state, parts=True)
+    H = layer.out_proj.weight.shape[0]
+    assert parts.shape == (B, layer.Hv, H) and parts.dtype == mx.float32, name
+    w = np.asarray(layer.out_proj.weight.astype(mx.float32), np.float64).reshape(H, layer.Hv, layer.Dv)
+    yh = np.asarray(yn.astype(mx.float32), np.float64).reshape(B, layer.Hv, layer.Dv)
+    ref = np.einsum("nhd,bhd->bhn", w, yh)
+    assert_rel_close(parts, ref, 1e-5, f"{name} out_proj parts")
+    assert_rel_close(parts.sum(1, keepdims=True).astype(mx.float32), y.astype(mx.float32), TOL[dtype][0],
+                     f"{name} parts sum against out_proj")
+    assert mx.array_equal(conv1, conv2).item() and mx.array_equal(state1, state2).item(), name
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
+def test_out_projection_parts(metal_on_cpu, shape, dtype):
+    """One to four 4-byte words per lane and step (Dv 40 .. 200), hidden sizes not a multiple of a step's rows."""
+    B, Hk, Hv, Dk, Dv = SHAPES[shape]
+    layer = make_layer(Hk, Hv, Dk, Dv, dtype, seed=list(SHAPES).index(shape) + 20, H=70)
+    check_out_parts(layer, *make_step(layer, B, dtype, seed=21), dtype, shape)
+
+
 def test_unsupported_shape_runs_mlx_ops(metal_on_cpu):
     """A key head dim the kernel cannot hold in registers: the mixer runs in MLX ops, not the kernel."""
     assert gdn_kernels.decode_backend(8 * 64 + 8, 4) is None
@@ -129,6 +162,12 @@ PLANTED = {  # id: (exact text in gdn_decode.metal, replacement, (Hk, Hv, Dk, Dv
     "half-row-reduction": ("UNROLL for (int m = 1; m < L; m <<= 1) kv +=",
                            "UNROLL for (int m = 1; m < L / 2; m <<= 1) kv +=", (1, 2, 128, 128)),
 }
+PLANTED_OUT = {  # the output projection stage (OUT)
+    "out-barrier-dropped": ("  BARRIER();\n  float yv[NCH][EPN];", "  float yv[NCH][EPN];", (2, 4, 32, 48)),
+    "out-last-rows-skipped": ("for (int n0 = int(sg) * RO; n0 < HO;", "for (int n0 = int(sg) * RO; n0 < HO - RO;",
+                              (1, 2, 128, 128)),
+    "out-head-columns": ("const device InT* wb = w_out + hv * Dv;", "const device InT* wb = w_out;", (1, 2, 128, 128)),
+}
 
 
 @pytest.mark.parametrize("bug", list(PLANTED), ids=list(PLANTED))
@@ -138,6 +177,15 @@ def test_planted_bug_is_caught(metal_on_cpu, monkeypatch, bug):
     args = make_step(layer, 2, mx.float32, seed=6)
     assert_caught(monkeypatch, "gdn_decode.metal", text, replacement,
                   lambda: check(layer, *args, monkeypatch, mx.float32, bug))
+
+
+@pytest.mark.parametrize("bug", list(PLANTED_OUT), ids=list(PLANTED_OUT))
+def test_planted_out_bug_is_caught(metal_on_cpu, monkeypatch, bug):
+    text, replacement, shape = PLANTED_OUT[bug]
+    layer = make_layer(*shape, mx.float32, seed=5, H=70)
+    args = make_step(layer, 2, mx.float32, seed=6)
+    assert_caught(monkeypatch, "gdn_decode.metal", text, replacement,
+                  lambda: check_out_parts(layer, *args, mx.float32, bug))
 
 
 # ---- the whole model on the kernel path ------------------------------------------------------------
@@ -156,6 +204,8 @@ def test_model_on_kernel_path_matches_transformers(metal_on_cpu, dense_text_path
                         "attn_decode", "attn_decode_combine", "norm_gemv"}, launched
     norms = {(t["ADD"], t["GATE"]) for n, t in launched.templates if n == "rms_norm"}
     assert {(False, True), (True, False)} <= norms, norms        # the GDN output norm; residual add + norm
+    assert any(t["OUT"] for n, t in launched.templates if n == "gdn_decode")      # out_proj inside gdn_decode ...
+    assert {t["PARTS"] for n, t in launched.templates if n == "norm_gemv"} >= {0, 4}   # ... its 4 head parts summed
 
 
 def test_bf16_model_on_kernel_path(metal_on_cpu, dense_text_path, monkeypatch, launched):

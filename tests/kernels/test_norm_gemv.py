@@ -59,6 +59,34 @@ def test_kernel_matches_reference(metal_on_cpu, case):
     check(case, seed=len(case))
 
 
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["fp32", "bf16"])
+def test_partial_sums(metal_on_cpu, dtype):
+    """parts: what is added is float32 partial sums [B, P, K] (gdn_decode's output projection by head), summed in
+    float32 and rounded once: s = dtype(x + sum of parts). Two tokens, 5 parts, GLU."""
+    check_parts(dtype, "metal")
+
+
+def check_parts(dtype, backend):
+    B, P, K, N = 2, 5, 512, 70
+    rng = np.random.default_rng(3)
+    x, _, nw, w = make(B, K, N, True, dtype, seed=9)
+    parts = mx.array(rng.standard_normal((B, P, K)).astype(np.float32))
+    y, res = norm.norm_gemv(parts, nw, 1e-6, w, residual=x, glu=True, parts=True, backend=backend)
+    total = np.asarray(x.astype(mx.float32), np.float64) + np.asarray(parts, np.float64).sum(1, keepdims=True)
+    s = mx.array(total.astype(np.float32)).astype(dtype)
+    assert res.shape == x.shape and y.shape == (B, 1, N)
+    assert_rel_close(res.astype(mx.float32), s.astype(mx.float32), 1e-6 if dtype == mx.float32 else 4e-3, "sum")
+    ref_y, _ = reference(s, None, nw, w, 1e-6, True, False)
+    assert_rel_close(y.astype(mx.float32), ref_y, TOL[dtype], "y over the summed parts")
+    with pytest.raises(ValueError, match="parts"):
+        norm.norm_gemv(parts, nw, 1e-6, w, glu=True, parts=True, backend=backend)      # parts need a residual
+
+
+def test_parts_planted_bug_is_caught(metal_on_cpu, monkeypatch):
+    assert_caught(monkeypatch, "norm_gemv.metal", "for (int p = 1; p < PARTS; ++p)",
+                  "for (int p = 1; p < PARTS - 1; ++p)", lambda: check_parts(mx.float32, "metal"))
+
+
 def test_backend_choice(metal_on_cpu):
     x = mx.zeros((1, 1, 1024), mx.bfloat16)
     assert norm.gemv_backend(x, mx.zeros((64, 1024), mx.bfloat16)) == "metal"

@@ -1,0 +1,80 @@
+"""Decode A/B in one process: our model with gdn_decode taking the GDN output projection (per-head partial sums
+that norm_gemv adds: 18 launches a token fewer for the 0.8B) and without, and mlx-lm, on the same weights. Each
+variant prefills its own cache with the same prompt, then the variants take turns, --rounds runs of --decode
+tokens each, so drift within the process reaches all alike; each reports its median.
+
+    python benchmarks/ab_decode.py [--prompt 1024 8192] [--decode 128] [--rounds 5]
+
+Qwen3.5-0.8B configuration, random bf16 weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_model import build_mlx_lm, build_ours, decode_run, hf_weights, last_logits, prefill  # noqa: E402
+from configs import QWEN35_0_8B  # noqa: E402
+
+
+class Switched:
+    """Our model with gdn_kernels.FUSE_OUT_PROJ set as given while it runs (the compiled decode segments are traced
+    with the switch, so each variant keeps its own)."""
+
+    def __init__(self, model, fuse: bool):
+        self.model, self.fuse, self.segments = model, fuse, None
+        self.make_cache = model.make_cache
+
+    def __call__(self, *a, **kw):
+        from qwen35_mlx.kernels import gdn_kernels
+        m = self.model
+        m.ensure_fused()
+        gdn_kernels.FUSE_OUT_PROJ = self.fuse
+        m.__dict__["_segment_fns"] = self.segments
+        try:
+            return m(*a, **kw)
+        finally:
+            self.segments = m.__dict__.get("_segment_fns")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--prompt", type=int, nargs="+", default=[1024, 8192])
+    p.add_argument("--decode", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args(argv)
+    from mlx_lm.models.cache import make_prompt_cache
+    from qwen35_mlx.generate import default_prefill_chunk
+    weights = hf_weights(QWEN35_0_8B, mx.bfloat16)
+    ours = build_ours(QWEN35_0_8B, weights, 0)
+    theirs = build_mlx_lm(QWEN35_0_8B, weights, 0)
+    del weights
+    chunk, vocab = default_prefill_chunk(), QWEN35_0_8B["text_config"]["vocab_size"]
+    print(f"device {mx.default_device()}, mlx {mx.__version__}; decode tok/s, median of {args.rounds} runs of "
+          f"{args.decode} tokens (each run's rate in brackets)", flush=True)
+    for T in args.prompt:
+        variants = {"ours, out_proj in gdn_decode": Switched(ours, True), "ours, out_proj apart": Switched(ours, False)}
+        runs = [prefill(name, m, m.make_cache, T, chunk, vocab) for name, m in variants.items()]
+        runs.append(prefill("mlx-lm", theirs, lambda: make_prompt_cache(theirs), T, chunk, vocab))
+        step = [np.array(last_logits(r["model"], mx.array([[7]]), r["cache"]).astype(mx.float32)) for r in runs]
+        rel = lambda a, b: np.linalg.norm(a - b) / np.linalg.norm(b)   # noqa: E731
+        print(f"T={T:6d} one decode step (token 7), logits rel diff: fused vs apart {rel(step[0], step[1]):.1e}, "
+              f"fused vs mlx-lm {rel(step[0], step[2]):.1e}, apart vs mlx-lm {rel(step[1], step[2]):.1e}", flush=True)
+        for _ in range(args.rounds):
+            for r in runs:
+                decode_run(r, args.decode)
+        base = np.median(runs[-1]["decode_runs"])
+        for r in runs:
+            med = np.median(r["decode_runs"])
+            each = "/".join(f"{x:.0f}" for x in r["decode_runs"])
+            print(f"T={T:6d} {r['name']:30s} {med:7.1f} tok/s ({each}) {med / base:5.2f}x mlx-lm", flush=True)
+            del r["model"], r["cache"], r["tok"]
+
+
+if __name__ == "__main__":
+    main()
