@@ -127,8 +127,10 @@ def check_out_parts(layer, x, conv, state, dtype, name):
     yh = np.asarray(yn.astype(mx.float32), np.float64).reshape(B, layer.Hv, layer.Dv)
     ref = np.einsum("nhd,bhd->bhn", w, yh)
     assert_rel_close(parts, ref, 1e-5, f"{name} out_proj parts")
-    assert_rel_close(parts.sum(1, keepdims=True).astype(mx.float32), y.astype(mx.float32), TOL[dtype][0],
-                     f"{name} parts sum against out_proj")
+    # and their sum is what the layer's out_proj makes of y (the head split is its column split); 1e-3 for float32:
+    # MLX's float32 matmul on CUDA is off by up to 3e-4 at some of these shapes (TF32-like; measured on an H100)
+    assert_rel_close(parts.sum(1, keepdims=True).astype(mx.float32), y.astype(mx.float32),
+                     max(TOL[dtype][0], 1e-3), f"{name} parts sum against out_proj")
     assert mx.array_equal(conv1, conv2).item() and mx.array_equal(state1, state2).item(), name
 
 
