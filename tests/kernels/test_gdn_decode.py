@@ -210,6 +210,20 @@ def test_model_on_kernel_path_matches_transformers(metal_on_cpu, dense_text_path
     assert {t["PARTS"] for n, t in launched.templates if n == "norm_gemv"} >= {0, 4}   # ... its 4 head parts summed
 
 
+def test_model_without_norm_gemv_keeps_out_proj_apart(metal_on_cpu, dense_text_path, monkeypatch, launched):
+    """With norm_gemv switched off nothing would add gdn_decode's partial sums: the decode step keeps out_proj as
+    its own matmul (gdn_decode without OUT) and still matches transformers."""
+    monkeypatch.setattr(_metal, "DISABLED", frozenset({"norm_gemv"}))
+    model, _ = load(dense_text_path, dtype="float32")
+    mx.disable_compile()
+    try:
+        _decode_against_transformers(model, load_hf(dense_text_path))
+    finally:
+        mx.enable_compile()
+    assert "gdn_decode" in launched and "norm_gemv" not in launched, launched
+    assert not any(t["OUT"] for n, t in launched.templates if n == "gdn_decode")
+
+
 def test_bf16_model_on_kernel_path(metal_on_cpu, dense_text_path, monkeypatch, launched):
     """bf16 (what users run) through every kernel, attn_flash included (it takes 16-bit operands only): prompt,
     then decode steps on fixed tokens. bf16 itself is 3-8% off float32 on this tiny random model, so the kernel
