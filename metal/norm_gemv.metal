@@ -16,7 +16,7 @@ constexpr int SW = 32 * VW;                           // elements of a row per s
 constexpr int NR = GLU ? 2 : 1;                       // weight rows per output
 const int m = int(tgid.z);
 const device InT* xr = x + (int64_t)m * K;
-const auto hr = h + (int64_t)m * (PARTS > 0 ? PARTS : 1) * K;   // InT rows, or float parts
+const device auto* hr = h + (int64_t)m * (PARTS > 0 ? PARTS : 1) * K;   // InT rows, or float parts
 threadgroup InT xs[K];
 threadgroup float red[NW];
 
