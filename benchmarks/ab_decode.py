@@ -18,7 +18,7 @@ import mlx.core as mx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_model import build_mlx_lm, build_ours, decode_run, hf_weights, last_logits, prefill  # noqa: E402
+from bench_model import bench_pair, build_mlx_lm, build_ours, hf_weights, last_logits, prefill  # noqa: E402
 from configs import QWEN35_0_8B  # noqa: E402
 
 
@@ -65,15 +65,12 @@ def main(argv=None):
         rel = lambda a, b: np.linalg.norm(a - b) / np.linalg.norm(b)   # noqa: E731
         print(f"T={T:6d} one decode step (token 7), logits rel diff: fused vs apart {rel(step[0], step[1]):.1e}, "
               f"fused vs mlx-lm {rel(step[0], step[2]):.1e}, apart vs mlx-lm {rel(step[1], step[2]):.1e}", flush=True)
-        for _ in range(args.rounds):
-            for r in runs:
-                decode_run(r, args.decode)
-        base = np.median(runs[-1]["decode_runs"])
+        bench_pair(runs, args.decode, args.rounds)
         for r in runs:
-            med = np.median(r["decode_runs"])
+            med = r["decode_tps"]
             each = "/".join(f"{x:.0f}" for x in r["decode_runs"])
-            print(f"T={T:6d} {r['name']:30s} {med:7.1f} tok/s ({each}) {med / base:5.2f}x mlx-lm", flush=True)
-            del r["model"], r["cache"], r["tok"]
+            print(f"T={T:6d} {r['name']:30s} {med:7.1f} tok/s ({each}) {med / runs[-1]['decode_tps']:5.2f}x mlx-lm",
+                  flush=True)
 
 
 if __name__ == "__main__":

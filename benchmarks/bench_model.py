@@ -142,11 +142,11 @@ def decode_run(r, n):
     r["tok"] = tok
 
 
-def bench_pair(runs, n_decode):
+def bench_pair(runs, n_decode, rounds=DECODE_RUNS):
     """Decode is bound by per-launch host work on a GPU, and its rate drifts by up to 30% within a process: the
-    packages take turns, DECODE_RUNS runs of n_decode tokens each (the context grows by each), and each reports
-    its median, so a drift reaches both alike."""
-    for _ in range(DECODE_RUNS):
+    packages (prefill's results) take turns, `rounds` runs of n_decode tokens each (the context grows by each),
+    and each reports its median, so a drift reaches all alike."""
+    for _ in range(rounds):
         for r in runs:
             decode_run(r, n_decode)
     for r in runs:
