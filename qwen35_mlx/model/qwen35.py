@@ -80,12 +80,18 @@ class DecoderLayer(nn.Module):
     def _mlp_block(self, x, out, parts=False):
         """The residual add of the mixer output, then the MLP: -> (stream, MLP output), the pair the next
         layer adds. parts: out is gdn_decode's partial sums (only where _mlp_row says norm_gemv runs)."""
-        mlp = self.mlp
-        if x.shape[-2] == 1 and isinstance(mlp, MLP) and mlp._fused is not None:      # decode: fused gate/up
-            act, x = self._norm_row(x, out, self.post_attention_layernorm, mlp._fused, glu=True, parts=parts)
-            return x, mlp.down_proj(act)
+        fused = self._decode_mlp(x)
+        if fused is not None:                                                     # decode: fused gate/up
+            act, x = self._norm_row(x, out, self.post_attention_layernorm, fused, glu=True, parts=parts)
+            return x, self.mlp.down_proj(act)
         n, x = self.post_attention_layernorm.residual(x, out)
-        return x, mlp(n)
+        return x, self.mlp(n)
+
+    def _decode_mlp(self, x):
+        """The MLP's fused gate/up projections where x is one token and the MLP a dense one with them built, else
+        None."""
+        mlp = self.mlp
+        return mlp._fused if x.shape[-2] == 1 and isinstance(mlp, MLP) else None
 
     def linear_step(self, x, h, conv, state):
         """decode, one GDN layer: (x, h, conv history, state) -> (x, h, new conv history, new state)."""
@@ -102,9 +108,8 @@ class DecoderLayer(nn.Module):
 
     def _mlp_row(self, x) -> bool:
         """decode: whether the MLP's norm and gate/up projections run as one norm_gemv launch here."""
-        mlp = self.mlp
-        return isinstance(mlp, MLP) and mlp._fused is not None and \
-            gemv_backend(x, mlp._fused.dense_weight()) is not None
+        fused = self._decode_mlp(x)
+        return fused is not None and gemv_backend(x, fused.dense_weight()) is not None
 
     def ensure_fused(self) -> list:
         """Fused decode projections, built on the first decode step, rebuilt where weights were replaced since.
