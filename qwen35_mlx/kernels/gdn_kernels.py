@@ -204,14 +204,14 @@ def decode_backend(Dk: int, conv_kernel: int) -> str | None:
     return gpu_backend()
 
 
+FUSE_OUT_PROJ = True          # gdn_decode may take the output projection (off: the A/B of benchmarks)
+
+
 def out_fusable(w_out, dtype, Hv: int, Dv: int) -> bool:
     """Whether gdn_decode can take the output projection w_out [HO, Hv Dv] too: a plain weight in the activation
     dtype, a head's columns whole 4-byte words (a lane reads one to four of them at a time)."""
     return FUSE_OUT_PROJ and w_out.dtype == dtype and w_out.ndim == 2 and w_out.shape[1] == Hv * Dv \
         and Dv * dtype.size % 4 == 0
-
-
-FUSE_OUT_PROJ = True          # gdn_decode may take the output projection (off: the A/B of benchmarks)
 
 
 def gdn_decode(proj, conv, conv_w, A_log, dt_bias, norm_w, state, eps: float, *, Hk: int, Hv: int, Dk: int,
