@@ -62,19 +62,26 @@ def _step(q, k, v, g, beta, state):
     return y, state
 
 
-def gdn_reference(q, k, v, g, beta, state=None):
-    """Sequential gated delta rule in float32, token by token: the definition every other path must match."""
+def gdn_reference(q, k, v, g, beta, state=None, return_states=False):
+    """Sequential gated delta rule in float32, token by token: the definition every other path must match.
+    return_states: also return the state after each step, [B, T, Hv, Dv, Dk] float32."""
     _check(q, k, v, g, beta, state)
-    r = v.shape[2] // q.shape[2]
+    B, T, _, Dk = q.shape
+    Hv, Dv = v.shape[2], v.shape[3]
+    r = Hv // q.shape[2]
     out_dtype = q.dtype
     q, k = (_expand_heads(x, r).astype(mx.float32) for x in (q, k))
     v, g, beta = v.astype(mx.float32), g.astype(mx.float32), beta.astype(mx.float32)
     state = _zeros_state(q, v) if state is None else state.astype(mx.float32)
-    ys = []
-    for t in range(q.shape[1]):
+    ys, states = [], []
+    for t in range(T):
         y, state = _step(q[:, t], k[:, t], v[:, t], g[:, t], beta[:, t], state)
         ys.append(y)
-    return mx.stack(ys, axis=1).astype(out_dtype), state
+        states.append(state)
+    y = mx.stack(ys, axis=1).astype(out_dtype) if T else mx.zeros((B, 0, Hv, Dv), out_dtype)
+    if not return_states:
+        return y, state
+    return y, state, mx.stack(states, axis=1) if T else mx.zeros((B, 0, Hv, Dv, Dk), mx.float32)
 
 
 def _solve_unit_lower(A, rhs):
@@ -232,14 +239,17 @@ def _pick(T):
     return gpu_backend() or ("reference" if T < 16 else "chunked")
 
 
-def gated_delta(q, k, v, g, beta, state=None, lengths=None, mask=None, impl=None):
-    """The one entry point layers call. Returns (y, final_state).
+def gated_delta(q, k, v, g, beta, state=None, lengths=None, mask=None, impl=None, return_states=False):
+    """The one entry point layers call. Returns (y, final_state), or with return_states (y, final_state, states).
 
     lengths: [B] ints, sequence b's valid steps are t < lengths[b] (right padding).
     mask:    [B, T] bools, any pattern (left padding, holes). Masked steps leave the state untouched
              (they run with g = 0, beta = 0) and their outputs are zero.
     impl:    "reference" | "chunked" | "metal" | "cuda" forces a path; None picks the best one for the
              device and T.
+    return_states: also the state after every step, [B, T, Hv, Dv, Dk] float32, for rollback after speculative
+             verification (n drafted tokens accepted: continue from states[:, n - 1]). Runs the recurrent path
+             (the gdn_step kernel, or the token loop) whatever T; the chunk-wise path keeps no per-step states.
     """
     B, T = q.shape[:2]
     m = _step_mask(mask, lengths, B, T)
@@ -247,17 +257,20 @@ def gated_delta(q, k, v, g, beta, state=None, lengths=None, mask=None, impl=None
         g = g * m[..., None]
         beta = beta * m[..., None].astype(beta.dtype)
     if impl is None:
-        impl = _pick(T)
+        impl = (gpu_backend() or "reference") if return_states else _pick(T)
+    if impl not in IMPLS:
+        raise ValueError(f"gated_delta: impl must be one of {IMPLS} or None, got {impl!r}")
+    if return_states and impl == "chunked":
+        raise ValueError("gated_delta: the chunked path keeps no per-step states (return_states); use "
+                         "impl='reference' or a kernel backend")
     if impl == "reference":
-        y, state = gdn_reference(q, k, v, g, beta, state)
+        out = gdn_reference(q, k, v, g, beta, state, return_states)
     elif impl == "chunked":
-        y, state = gdn_chunked(q, k, v, g, beta, state)
-    elif impl in ("metal", "cuda"):
+        out = gdn_chunked(q, k, v, g, beta, state)
+    else:
         from .gdn_kernels import gdn_kernel  # imports this module
 
-        y, state = gdn_kernel(q, k, v, g, beta, state, backend=impl)
-    else:
-        raise ValueError(f"gated_delta: impl must be one of {IMPLS} or None, got {impl!r}")
+        out = gdn_kernel(q, k, v, g, beta, state, backend=impl, return_states=return_states)
     if m is not None:
-        y = y * m[..., None, None].astype(y.dtype)
-    return y, state
+        out = (out[0] * m[..., None, None].astype(out[0].dtype), *out[1:])
+    return out

@@ -18,7 +18,7 @@ import math
 import mlx.core as mx
 
 from . import _metal
-from .gdn import _check, _expand_heads, _step, _zeros_state, gdn_chunked, gdn_reference, gpu_backend
+from .gdn import _check, _zeros_state, gdn_chunked, gdn_reference, gpu_backend
 
 C = 64              # chunk length of the prefill kernels
 NT_PREP = 128       # threads per threadgroup: gdn_chunk_prep
@@ -147,7 +147,7 @@ def gdn_step(q, k, v, g, beta, state=None, *, backend="metal", return_states=Fal
     B, T, Hk, Dk = q.shape
     Hv, Dv = v.shape[2], v.shape[3]
     if not step_supported(Dk) or T == 0:
-        return _step_loop(q, k, v, g, beta, state, return_states)
+        return gdn_reference(q, k, v, g, beta, state, return_states)
     q, k, v, g, beta, state = _prep_inputs(q, k, v, g, beta, state)
     L = step_lanes(Dk)
     rows = NT_STEP // L
@@ -163,34 +163,15 @@ def gdn_step(q, k, v, g, beta, state=None, *, backend="metal", return_states=Fal
     return tuple(out) if return_states else (out[0], out[1])
 
 
-def _step_loop(q, k, v, g, beta, state, return_states):
-    """Token loop in MLX ops (the fallback of gdn_step), optionally keeping every step's state."""
-    if not return_states:
-        return gdn_reference(q, k, v, g, beta, state)
-    r = v.shape[2] // q.shape[2]
-    out_dtype = q.dtype
-    q, k = (_expand_heads(x, r).astype(mx.float32) for x in (q, k))
-    v, g, beta = v.astype(mx.float32), g.astype(mx.float32), beta.astype(mx.float32)
-    state = _zeros_state(q, v) if state is None else state.astype(mx.float32)
-    ys, states = [], []
-    for t in range(q.shape[1]):
-        y, state = _step(q[:, t], k[:, t], v[:, t], g[:, t], beta[:, t], state)
-        ys.append(y)
-        states.append(state)
-    B, T, Hv, Dv, Dk = q.shape[0], q.shape[1], v.shape[2], v.shape[3], q.shape[3]
-    y = mx.stack(ys, axis=1).astype(out_dtype) if T else mx.zeros((B, 0, Hv, Dv), out_dtype)
-    st = mx.stack(states, axis=1) if T else mx.zeros((B, 0, Hv, Dv, Dk), mx.float32)
-    return y, state, st
-
-
-def gdn_kernel(q, k, v, g, beta, state=None, *, backend="metal"):
-    """The kernel path of gated_delta: the recurrent kernel for a few steps, the chunk kernels beyond."""
+def gdn_kernel(q, k, v, g, beta, state=None, *, backend="metal", return_states=False):
+    """The kernel path of gated_delta: the recurrent kernel for a few steps (or for every step's state), the chunk
+    kernels beyond."""
     if backend not in BACKENDS:
         raise ValueError(f"gdn_kernel: backend must be one of {BACKENDS}, got {backend!r}")
-    if q.shape[1] < STEP_MAX_T:
+    if q.shape[1] < STEP_MAX_T or return_states:
         if not _metal.enabled("gdn_step"):
-            return gdn_reference(q, k, v, g, beta, state)
-        return gdn_step(q, k, v, g, beta, state, backend=backend)
+            return gdn_reference(q, k, v, g, beta, state, return_states)
+        return gdn_step(q, k, v, g, beta, state, backend=backend, return_states=return_states)
     if not (_metal.enabled("gdn_chunk_prep") and _metal.enabled("gdn_chunk_scan")):
         return gdn_chunked(q, k, v, g, beta, state)
     return gdn_chunk(q, k, v, g, beta, state, backend=backend)

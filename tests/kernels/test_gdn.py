@@ -164,6 +164,28 @@ def test_gated_delta_dispatch_masks(metal_on_cpu):
     assert_rel_close(yd, np.asarray(ya[:, T - 1:]), TOL_CHUNK, "decode output")
 
 
+def test_gated_delta_states_for_rollback(metal_on_cpu):
+    """return_states through the entry point: every step's state (the recurrent kernel even at T >= STEP_MAX_T,
+    masked steps keeping the state), and a rollback to n accepted steps is the state of a run over those n."""
+    B, T = 2, gdn_kernels.STEP_MAX_T + 4
+    args = make_inputs(B, T, 2, 4, 32, 48, seed=12)
+    mask = np.ones((B, T), bool)
+    mask[1, :3] = False                                                   # left padding
+    ry, rs, rst = ref_np(*args, mask=mask, keep_states=True)
+    for impl in (None, "reference"):
+        y, s, st = gdn.gated_delta(*args, mask=mx.array(mask), impl=impl, return_states=True)
+        check((y, s), (ry, rs), mx.float32, TOL_STEP, f"states {impl}")
+        assert st.shape == (B, T, 4, 48, 32) and st.dtype == mx.float32
+        assert_rel_close(st, rst, TOL_STEP, f"per-step states {impl}")
+    n = 7
+    _, s_n = gdn.gated_delta(*(a[:, :n] for a in args[:5]), state=args[5], mask=mx.array(mask[:, :n]))
+    assert_rel_close(st[:, n - 1], np.asarray(s_n), TOL_STEP, "rollback state")
+    with pytest.raises(ValueError, match="per-step states"):
+        gdn.gated_delta(*args, impl="chunked", return_states=True)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        gdn.gated_delta(*args, impl="fast")
+
+
 def test_unsupported_shapes_fall_back(metal_on_cpu, monkeypatch):
     """Shapes the kernels do not take run the MLX-ops paths (slower, never wrong)."""
     def no_kernel(*a, **k):
