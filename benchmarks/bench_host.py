@@ -7,15 +7,20 @@ step (see bench_launch.py, profile_decode.py): this is the Python part of it.
     python benchmarks/bench_host.py [--steps 300] [--profile]
 
 Qwen3.5-0.8B configuration, random bf16 weights, 8 tokens of context. Reports the median and 10th percentile
-of per-step build time (the step's graph is evaluated after each timing, outside it).
+of per-step build time (the step's graph is evaluated after each timing, outside it), and the nodes of one
+step's graph by primitive (custom kernel calls, MLX ops, and the views among them: each node costs host time,
+when the graph is built and again when it is evaluated).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import cProfile
 import pstats
+import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,10 +35,26 @@ from qwen35_mlx.kernels import attn, gdn, gdn_kernels, norm  # noqa: E402
 
 
 class ZerosKernel:
-    """Stands in for a built kernel: outputs of the requested shapes, no work."""
+    """Stands in for a built kernel: outputs of the requested shapes, no work. Set `connect` to make them depend
+    on the inputs (one Depends node per launch), so the step's graph stays one graph as with the real kernel (for
+    graph_nodes; the timing leaves it off, as it costs more graph building than the real kernel's call)."""
+
+    connect = False
 
     def __call__(self, inputs, output_shapes, output_dtypes, **_):
-        return [mx.zeros(s, d) for s, d in zip(output_shapes, output_dtypes)]
+        outs = [mx.zeros(s, d) for s, d in zip(output_shapes, output_dtypes)]
+        return mx.depends(outs, list(inputs)) if self.connect else outs
+
+
+STAND_IN = {"Depends", "Full", "Broadcast"}      # the nodes ZerosKernel adds (one Depends per kernel launch)
+
+
+def graph_nodes(out) -> collections.Counter:
+    """Primitive nodes in the graph behind `out`, by name (from MLX's DOT export). Each one costs host time
+    on every token (graph building, then evaluation), views included."""
+    with tempfile.NamedTemporaryFile(suffix=".dot") as f:
+        mx.export_to_dot(f.name, out)
+        return collections.Counter(re.findall(r'\[label ="([^"]*)", shape=rectangle', Path(f.name).read_text()))
 
 
 def fake_gpu_kernels():
@@ -64,6 +85,15 @@ def main():
     n = len(times)
     print(f"device {mx.default_device()}, mlx {mx.__version__}: graph building per decode step (GPU code path, "
           f"kernels stood in): median {times[n // 2] * 1e3:.3f} ms, p10 {times[n // 10] * 1e3:.3f} ms")
+    ZerosKernel.connect = True
+    model.__dict__["_segment_fns"] = None                   # retraced with the connected stand-ins
+    mx.eval(cache.state_arrays())                           # (the unconnected stand-ins left the KV updates lazy)
+    nodes = graph_nodes(mx.argmax(model(tok, cache=cache)[:, -1], axis=-1))
+    ZerosKernel.connect = False
+    model.__dict__["_segment_fns"] = None
+    own = sum(n for k, n in nodes.items() if k not in STAND_IN)
+    print(f"graph nodes per decode step (with argmax): {nodes['Depends']} custom kernel calls, {own} other: "
+          + ", ".join(f"{k} {n}" for k, n in nodes.most_common() if k not in STAND_IN))
     if args.profile:
         pr = cProfile.Profile()
         for _ in range(50):

@@ -199,21 +199,25 @@ def gdn_decode(proj, conv, conv_w, A_log, dt_bias, norm_w, state, eps: float, *,
                Dv: int, backend: str, w_out=None):
     """One decode step of a GDN mixer after its projections, fused (metal/gdn_decode.metal).
 
-    proj [B, P]: the input projections side by side, [qkv | z | b | a] with qkv the flat [q | k | v]
-    (2 Hk Dk + Hv Dv), z (Hv Dv), b and a (Hv each); conv [B, K-1, 2 Hk Dk + Hv Dv] history, conv_w [same, K],
-    A_log and dt_bias [Hv], norm_w [Dv], state [B, Hv, Dv, Dk] float32.
-    Returns (y [B, Hv Dv] gated-normed in proj's dtype, new conv history, new state); with w_out [HO, Hv Dv] (the
-    output projection, see out_fusable) y is instead its per-head partial sums [B, Hv, HO] float32, summed by
-    norm_gemv(parts=True)."""
-    B, P = proj.shape
+    proj [B, P] or [B, 1, P]: the input projections side by side, [qkv | z | b | a] with qkv the flat [q | k | v]
+    (2 Hk Dk + Hv Dv), z (Hv Dv), b and a (Hv each); conv [B, K-1, 2 Hk Dk + Hv Dv] history, conv_w [same, K] or
+    Conv1d's own [same, K, 1], A_log and dt_bias [Hv], norm_w [Dv], state [B, Hv, Dv, Dk] float32. (Both shapes
+    are the same buffers: the kernel reads them flat, and a decode step's graph gets no view nodes to take them,
+    each of which costs host time on every token.)
+    Returns (y [B, Hv Dv] gated-normed in proj's dtype, [B, 1, Hv Dv] for a [B, 1, P] proj, new conv history, new
+    state); with w_out [HO, Hv Dv] (the output projection, see out_fusable) y is instead its per-head partial sums
+    [B, Hv, HO] float32, summed by norm_gemv(parts=True)."""
+    B, P = proj.shape[0], proj.shape[-1]
     C = 2 * Hk * Dk + Hv * Dv
-    if P != C + Hv * Dv + 2 * Hv:
-        raise ValueError(f"gdn_decode: projection row of {P} values; expected {C + Hv * Dv + 2 * Hv}")
+    if proj.ndim not in (2, 3) or proj.size != B * P or P != C + Hv * Dv + 2 * Hv:
+        raise ValueError(f"gdn_decode: projection row {tuple(proj.shape)}; expected [B, (1,) {C + Hv * Dv + 2 * Hv}]")
+    if conv_w.ndim not in (2, 3) or conv_w.shape[0] != C or conv_w.shape[2:] not in ((), (1,)):
+        raise ValueError(f"gdn_decode: conv weight {tuple(conv_w.shape)}; expected [{C}, K] or [{C}, K, 1]")
     if w_out is not None and not out_fusable(w_out, proj.dtype, Hv, Dv):
         raise ValueError(f"gdn_decode: an output projection {tuple(w_out.shape)} {w_out.dtype} it cannot take")
     K = conv_w.shape[1]
     HO = 0 if w_out is None else w_out.shape[0]
-    y_shape, y_dtype = ((B, Hv, HO), mx.float32) if HO else ((B, Hv * Dv), proj.dtype)
+    y_shape, y_dtype = ((B, Hv, HO), mx.float32) if HO else ((*proj.shape[:-1], Hv * Dv), proj.dtype)
     out = _metal.kernel("gdn_decode", backend)(
         inputs=[proj, conv.astype(proj.dtype), conv_w, A_log, dt_bias, norm_w, state.astype(mx.float32),
                 _metal.f32_scalar(eps), proj if w_out is None else w_out],      # without OUT w_out is unread

@@ -127,10 +127,10 @@ class GatedDeltaNet(DecodeFusion, nn.Module):
         out_proj in one gdn_decode launch. parts (where out_parts allows): out_proj in that launch too, the output
         left as per-head float32 partial sums [B, Hv, H] for norm_gemv(parts=True) to add."""
         y, conv, state = gdn_kernels.gdn_decode(
-            proj[:, 0], conv, self.conv1d.weight[:, :, 0], self.A_log, self.dt_bias, self.norm.weight, state,
+            proj, conv, self.conv1d.weight, self.A_log, self.dt_bias, self.norm.weight, state,
             self.norm.eps, Hk=self.Hk, Hv=self.Hv, Dk=self.Dk, Dv=self.Dv,
             backend=gdn_kernels.decode_backend(self.Dk, self.K), w_out=self.out_proj.weight if parts else None)
-        return (y if parts else self.out_proj(y[:, None])), conv, state
+        return (y if parts else self.out_proj(y)), conv, state
 
     def out_parts(self, dtype) -> bool:
         """Whether mix_row can leave out_proj's output as partial sums (a plain weight of the activation dtype)."""

@@ -143,6 +143,26 @@ def test_out_projection_parts(metal_on_cpu, shape, dtype):
     check_out_parts(layer, *make_step(layer, B, dtype, seed=21), dtype, shape)
 
 
+def test_row_and_weight_taken_as_the_layer_holds_them(metal_on_cpu):
+    """gdn_decode takes the projection row [B, 1, P] and Conv1d's [C, K, 1] weight as they are (no view nodes in a
+    decode step's graph): bit for bit what it makes of [B, P] and [C, K], y shaped [B, 1, Hv Dv]; other shapes are
+    refused."""
+    layer = make_layer(2, 4, 32, 48, mx.float32, seed=13)
+    x, conv, state = make_step(layer, 2, mx.float32, seed=14)
+    layer.ensure_fused()
+    row = layer._fused.joined(x)
+    run = lambda r, w: gdn_kernels.gdn_decode(r, conv, w, layer.A_log, layer.dt_bias, layer.norm.weight, state,
+                                             layer.norm.eps, Hk=2, Hv=4, Dk=32, Dv=48, backend="metal")
+    flat, held = run(row[:, 0], layer.conv1d.weight[:, :, 0]), run(row, layer.conv1d.weight)
+    assert held[0].shape == (2, 1, 4 * 48) and flat[0].shape == (2, 4 * 48)
+    for a, b in zip(flat, held):
+        assert mx.array_equal(a.reshape(b.shape), b).item()
+    with pytest.raises(ValueError, match="projection row"):
+        run(mx.concatenate([row, row], axis=1), layer.conv1d.weight)
+    with pytest.raises(ValueError, match="conv weight"):
+        run(row, mx.concatenate([layer.conv1d.weight] * 2, axis=2))
+
+
 def test_unsupported_shape_runs_mlx_ops(metal_on_cpu):
     """A key head dim the kernel cannot hold in registers: the mixer runs in MLX ops, not the kernel."""
     assert gdn_kernels.decode_backend(8 * 64 + 8, 4) is None
