@@ -22,6 +22,7 @@ def block_rows(batch: int, heads: int, keys: int) -> int:
 
 class Attention(DecodeFusion, nn.Module):
     FUSE = ("q_proj", "k_proj", "v_proj")   # decode: one matmul
+    ROW = ("o_proj",)
 
     def __init__(self, cfg: TextConfig):
         super().__init__()

@@ -91,13 +91,17 @@ class Projections:
 
 class DecodeFusion:
     """Mixin for a layer whose decode (one token) runs the projections named in FUSE through Projections,
-    held in `_fused` (None until the first decode step builds it)."""
+    held in `_fused` (None until the first decode step builds it), and those named in ROW through `row`."""
 
     FUSE: tuple = ()
+    ROW: tuple = ()     # plain projections of one token: decode multiplies by their weights' transposed views, kept
     _fused = None
+    _rows = None        # {name: the weight's transposed view, evaluated} for the ROW layers that are plain Linears
 
     def ensure_fused(self) -> bool:
-        """Build the fused decode projections, or rebuild them if the weights were replaced; True if built."""
+        """Build the fused decode projections, or rebuild them if the weights were replaced; True if built. The ROW
+        layers' transposed views are made again either way (this runs only when something changed)."""
+        self.__dict__["_rows"] = {n: transposed(dict.get(self, n)) for n in self.ROW}    # a dict: not in the tree
         modules = [dict.get(self, n) for n in self.FUSE]
         if self._fused is not None and self._fused.valid(modules):
             return False
@@ -105,6 +109,25 @@ class DecodeFusion:
         return True
 
     def fused_checks(self) -> list:
-        """(owner, name, module, weight) for each fused layer: the fusion is current while every owner still
+        """(owner, name, module, weight) for each fused or ROW layer: the fusion is current while every owner still
         holds that module under that name and the module that weight (see Qwen35Model.ensure_fused)."""
-        return [(self, n, m, m.weight) for n, m in zip(self.FUSE, self._fused.modules)]
+        rows = [(self, n, dict.get(self, n)) for n in self.ROW]
+        return [(self, n, m, m.weight) for n, m in zip(self.FUSE, self._fused.modules)] + \
+            [(o, n, m, m.weight) for o, n, m in rows]
+
+    def row(self, name: str, x):
+        """self[name](x) for one token. For a plain Linear: x @ its weight's transposed view as ensure_fused made
+        it, so a compiled decode segment holds the view as a constant instead of a Transpose node replayed on every
+        token (graph nodes cost host time per token)."""
+        wt = self._rows.get(name) if self._rows else None
+        return self[name](x) if wt is None else x @ wt
+
+
+def transposed(m):
+    """The evaluated transposed view of a plain bias-free Linear's weight (no copy: it shares the buffer), else
+    None."""
+    if type(m) is not nn.Linear or "bias" in m:
+        return None
+    wt = m.weight.T
+    mx.eval(wt)
+    return wt

@@ -60,6 +60,7 @@ def _gates(a, b, A_log, dt_bias):
 
 class GatedDeltaNet(DecodeFusion, nn.Module):
     FUSE = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a")   # decode: one matmul
+    ROW = ("out_proj",)
 
     def __init__(self, cfg: TextConfig):
         super().__init__()
@@ -130,7 +131,7 @@ class GatedDeltaNet(DecodeFusion, nn.Module):
             proj, conv, self.conv1d.weight, self.A_log, self.dt_bias, self.norm.weight, state,
             self.norm.eps, Hk=self.Hk, Hv=self.Hv, Dk=self.Dk, Dv=self.Dv,
             backend=gdn_kernels.decode_backend(self.Dk, self.K), w_out=self.out_proj.weight if parts else None)
-        return (y if parts else self.out_proj(y)), conv, state
+        return (y if parts else self.row("out_proj", y)), conv, state
 
     def out_parts(self, dtype) -> bool:
         """Whether mix_row can leave out_proj's output as partial sums (a plain weight of the activation dtype)."""

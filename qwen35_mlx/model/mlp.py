@@ -7,6 +7,7 @@ from .fused import DecodeFusion
 
 class MLP(DecodeFusion, nn.Module):
     FUSE = ("gate_proj", "up_proj")   # decode: one matmul
+    ROW = ("down_proj",)
 
     def __init__(self, hidden: int, intermediate: int):
         super().__init__()

@@ -53,7 +53,7 @@ class DecoderLayer(nn.Module):
 
     def finish_step(self, x, out):
         """decode, attention layer, after attending (out: attend's, gated): -> the stream pair."""
-        return self._mlp_block(x, self.self_attn.o_proj(out))
+        return self._mlp_block(x, self.self_attn.row("o_proj", out))
 
     def _norm_in(self, x, h):
         """(input norm of the stream, the stream) for the stream x + h (h None: x)."""
@@ -83,7 +83,7 @@ class DecoderLayer(nn.Module):
         fused = self._decode_mlp(x)
         if fused is not None:                                                     # decode: fused gate/up
             act, x = self._norm_row(x, out, self.post_attention_layernorm, fused, glu=True, parts=parts)
-            return x, self.mlp.down_proj(act)
+            return x, self.mlp.row("down_proj", act)
         n, x = self.post_attention_layernorm.residual(x, out)
         return x, self.mlp(n)
 
