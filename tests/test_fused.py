@@ -97,20 +97,23 @@ def step_nodes(model, tmp_path) -> dict:
 
 def test_row_projections_hold_transposed_weights(dense_text_path, tmp_path, monkeypatch):
     """Decode multiplies down_proj and o_proj (out_proj on the GDN kernel path) by their weights' transposed views,
-    made once: the step's graph has no Transpose node for them (each node costs host time per token), and the
-    views share the weights' memory."""
+    made once: the step's graph has no Transpose node for them, nor the Flatten and Unflatten around a row's
+    matmul (each node costs host time per token), and the views share the weights' memory."""
     from qwen35_mlx.model.attention import Attention
     from qwen35_mlx.model.gated_deltanet import GatedDeltaNet
     from qwen35_mlx.model.mlp import MLP
     model, _ = load(dense_text_path, dtype="float32")
     held = step_nodes(model, tmp_path)
     mlp = model.layers[0].mlp
-    assert mlp._rows["down_proj"].shape == mlp.down_proj.weight.shape[::-1]
+    assert mlp._rows["down_proj"][0].shape == mlp.down_proj.weight.shape[::-1]
     before = weight_bytes(model)
     for cls in (MLP, Attention, GatedDeltaNet):
         monkeypatch.setattr(cls, "ROW", ())
     plain, _ = load(dense_text_path, dtype="float32")
     nodes = step_nodes(plain, tmp_path)
     n_attn = sum(not layer.is_linear for layer in model.layers)
-    assert nodes["Transpose"] - held["Transpose"] == len(model.layers) + n_attn      # down_proj each, o_proj
+    rows = len(model.layers) + n_attn                                                 # down_proj each, o_proj
+    assert nodes["Transpose"] - held["Transpose"] == rows
+    assert nodes["Flatten"] - held["Flatten"] == rows and nodes["Unflatten"] - held["Unflatten"] == rows
+    assert held["Matmul"] == nodes["Matmul"]
     assert weight_bytes(model) == before

@@ -96,7 +96,7 @@ class DecodeFusion:
     FUSE: tuple = ()
     ROW: tuple = ()     # plain projections of one token: decode multiplies by their weights' transposed views, kept
     _fused = None
-    _rows = None        # {name: the weight's transposed view, evaluated} for the ROW layers that are plain Linears
+    _rows = None        # {name: transposed(layer)} for the ROW layers (None for those that are not plain Linears)
 
     def ensure_fused(self) -> bool:
         """Build the fused decode projections, or rebuild them if the weights were replaced; True if built. The ROW
@@ -118,16 +118,21 @@ class DecodeFusion:
     def row(self, name: str, x):
         """self[name](x) for one token. For a plain Linear: x @ its weight's transposed view as ensure_fused made
         it, so a compiled decode segment holds the view as a constant instead of a Transpose node replayed on every
-        token (graph nodes cost host time per token)."""
+        token (graph nodes cost host time per token). A row x [B, 1, K] is multiplied by the view as [1, K, N]:
+        MLX wraps a 3-D by 2-D matmul in Flatten and Unflatten nodes, not a 3-D by 3-D one (one batch: the same
+        matrix-vector kernel)."""
         wt = self._rows.get(name) if self._rows else None
-        return self[name](x) if wt is None else x @ wt
+        if wt is None:
+            return self[name](x)
+        return x @ (wt[1] if x.ndim == 3 else wt[0])
 
 
 def transposed(m):
-    """The evaluated transposed view of a plain bias-free Linear's weight (no copy: it shares the buffer), else
-    None."""
+    """(the transposed view of a plain bias-free Linear's weight, the same as [1, K, N]), both evaluated (no copy:
+    they share the weight's buffer); None for other layers."""
     if type(m) is not nn.Linear or "bias" in m:
         return None
     wt = m.weight.T
-    mx.eval(wt)
-    return wt
+    views = (wt, wt[None])
+    mx.eval(views)
+    return views
