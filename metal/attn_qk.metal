@@ -3,6 +3,8 @@
 // then NeoX rope on its first ROT channels (pairs c, c + ROT/2) at position pos[0] + t, written head-major
 // [B, heads, T, D]. One launch where MLX ops take six in decode (a copy of each strided head, two norms, two
 // ropes). Reference: the MLX-ops branch of Attention.project (RMSNorm, then mx.fast.rope).
+// The key heads' threadgroups also copy their value head to v [B, NK, T, D] as it is (what the KV cache stores):
+// the copy rides in this launch, where a strided view of the row would be three graph nodes per layer.
 // proj [B, T, P] is the fused projection row: NQ heads of [query | gate] (2 D each), NK key heads (D each),
 // then the values. Grid (NT * T, NQ + NK, B), threadgroup (NT, 1, 1): one threadgroup per (token, head);
 // head j < NQ is query j, the others keys. A thread keeps its groups of 4 channels, 4 tid, 4 (tid + NT), ...,
@@ -22,13 +24,13 @@ const int64_t src = (int64_t(b) * T + t) * P + (isq ? 2 * j * D : 2 * NQ * D + (
 threadgroup float head[D];
 threadgroup float red[NSG];
 
-float v[EPT][4];
+float x[EPT][4];
 float ss = 0.0f;
 UNROLL for (int r = 0; r < EPT; ++r) {
   const int i = 4 * (int(tid) + r * NT);
   if (i < D) {
-    vload<4>(v[r], proj + src + i);
-    UNROLL for (int e = 0; e < 4; ++e) ss += v[r][e] * v[r][e];
+    vload<4>(x[r], proj + src + i);
+    UNROLL for (int e = 0; e < 4; ++e) ss += x[r][e] * x[r][e];
   }
 }
 UNROLL for (int m = 16; m >= 1; m >>= 1) ss += shfl_xor(ss, m);
@@ -42,7 +44,7 @@ UNROLL for (int r = 0; r < EPT; ++r) {
   if (i < D) {
     UNROLL for (int e = 0; e < 4; ++e) {
       const float w = isq ? qw[i + e] : kw[i + e];
-      head[i + e] = float(static_cast<InT>(w * (v[r][e] * inv)));
+      head[i + e] = float(static_cast<InT>(w * (x[r][e] * inv)));
     }
   }
 }
@@ -68,4 +70,8 @@ UNROLL for (int r = 0; r < EPT; ++r) {
       }
     }
   }
+}
+if (!isq) {                                                // the value head, copied as it is
+  const int64_t vsrc = src + NK * D;
+  for (int i = int(tid); i < D; i += NT) v[dst + i] = proj[vsrc + i];
 }

@@ -50,7 +50,7 @@ KERNELS = {
                  ("q", "k", "v", "g", "beta", "conv_out")),
     "rms_norm": (("x", "h", "z", "w", "eps", "meta"), ("y", "res")),
     "norm_gemv": (("x", "h", "nw", "W", "eps"), ("y", "res")),
-    "attn_qk": (("proj", "qw", "kw", "inv_freq", "pos", "eps"), ("q", "k")),
+    "attn_qk": (("proj", "qw", "kw", "inv_freq", "pos", "eps"), ("q", "k", "v")),
     "attn_flash": (("q", "k", "v", "scale_in", "meta"), ("out",)),
     "attn_decode": (("q", "kc", "vc", "scale_in", "meta"), ("o_out", "m_out", "l_out")),
     "attn_decode_combine": (("o", "m", "l", "gate", "meta"), ("out",)),

@@ -35,20 +35,21 @@ def qk_backend(D: int, rot: int) -> str | None:
 def attn_qk(proj, qw, kw, inv_freq, pos, eps: float, *, NQ: int, NK: int, D: int, rot: int, backend: str):
     """proj [B, T, P]: [NQ heads of (query | gate) | NK key heads | values], P = 2 NQ D + 2 NK D; qw, kw [D]
     float32 norm weights; inv_freq [rot / 2] float32; pos: int32 scalar array, the first token's position.
-    Returns q [B, NQ, T, D] and k [B, NK, T, D] in proj's dtype: normed, then rotated on the first rot channels."""
+    Returns q [B, NQ, T, D] and k [B, NK, T, D] in proj's dtype, normed, then rotated on the first rot channels, and
+    the values v [B, NK, T, D] as they are."""
     B, T, P = proj.shape
     if P != 2 * NQ * D + 2 * NK * D:
         raise ValueError(f"attn_qk: projection row of {P} values; expected {2 * NQ * D + 2 * NK * D}")
     NT = threads(D)
-    q, k = _metal.kernel("attn_qk", backend)(
+    q, k, v = _metal.kernel("attn_qk", backend)(
         inputs=[proj, qw, kw, inv_freq, pos.reshape(1), _metal.f32_scalar(float(eps))],   # [1]: a pointer on both
         template=[("InT", proj.dtype), ("D", D), ("NQ", NQ), ("NK", NK), ("ROT", rot), ("NT", NT)],
         grid=(NT * T, NQ + NK, B),
         threadgroup=(NT, 1, 1),
-        output_shapes=[(B, NQ, T, D), (B, NK, T, D)],
-        output_dtypes=[proj.dtype, proj.dtype],
+        output_shapes=[(B, NQ, T, D), (B, NK, T, D), (B, NK, T, D)],
+        output_dtypes=[proj.dtype] * 3,
     )
-    return q, k
+    return q, k, v
 
 
 # attn_flash launch, per backend: threads (NT / 2 queries per threadgroup), keys per block, queries from

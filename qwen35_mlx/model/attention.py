@@ -70,11 +70,9 @@ class Attention(DecodeFusion, nn.Module):
         B, T, _ = row.shape
         D = self.head_dim
         pos = positions.astype(mx.int32) if isinstance(positions, mx.array) else mx.array(positions, mx.int32)
-        q, k = attn_qk(row, self.q_norm.weight, self.k_norm.weight, rope.inv_freq, pos, self.q_norm.eps,
-                       NQ=self.n_heads, NK=self.n_kv, D=D, rot=rope.dims, backend=qk_backend(D, rope.dims))
-        nq = 2 * self.n_heads * D
-        gate = row[..., :nq].reshape(B, T, self.n_heads, 2 * D)[..., D:]
-        v = row[..., nq + self.n_kv * D:].reshape(B, T, self.n_kv, D).transpose(0, 2, 1, 3)
+        q, k, v = attn_qk(row, self.q_norm.weight, self.k_norm.weight, rope.inv_freq, pos, self.q_norm.eps,
+                          NQ=self.n_heads, NK=self.n_kv, D=D, rot=rope.dims, backend=qk_backend(D, rope.dims))
+        gate = row[..., :2 * self.n_heads * D].reshape(B, T, self.n_heads, 2 * D)[..., D:]
         return q, k, v, gate
 
     def attend(self, q, k, v, mask, cache, gate=None):

@@ -49,7 +49,8 @@ def reference(proj, qw, kw, inv_freq, pos, eps, NQ, NK, D, rot):
         out = y.copy()
         out[..., :rot // 2], out[..., rot // 2:rot] = a * cos - b * sin, b * cos + a * sin
         return out.transpose(0, 2, 1, 3)                                        # [B, heads, T, D]
-    return norm_rope(qg, qw), norm_rope(k, kw)
+    v = f[..., 2 * NQ * D + NK * D:].reshape(B, T, NK, D).transpose(0, 2, 1, 3)
+    return norm_rope(qg, qw), norm_rope(k, kw), v
 
 
 def run(proj, qw, kw, inv_freq, pos, NQ, NK, D, rot, eps=1e-6):
@@ -61,11 +62,12 @@ def check(shape, B, T, pos, dtype, seed, name):
     NQ, NK, D, rot = SHAPES[shape]
     proj, qw, kw = make(B, T, NQ, NK, D, dtype, seed)
     inv_freq = Rope(rot, 1e7, [11, 11, 10]).inv_freq
-    q, k = run(proj, qw, kw, inv_freq, pos, NQ, NK, D, rot)
-    ref_q, ref_k = reference(proj, qw, kw, inv_freq, pos, 1e-6, NQ, NK, D, rot)
-    assert q.shape == (B, NQ, T, D) and k.shape == (B, NK, T, D) and q.dtype == dtype, name
+    q, k, v = run(proj, qw, kw, inv_freq, pos, NQ, NK, D, rot)
+    ref_q, ref_k, ref_v = reference(proj, qw, kw, inv_freq, pos, 1e-6, NQ, NK, D, rot)
+    assert q.shape == (B, NQ, T, D) and k.shape == v.shape == (B, NK, T, D) and q.dtype == v.dtype == dtype, name
     assert_rel_close(q.astype(mx.float32), ref_q, TOL[dtype], f"{name} q")
     assert_rel_close(k.astype(mx.float32), ref_k, TOL[dtype], f"{name} k")
+    np.testing.assert_array_equal(np.asarray(v.astype(mx.float32), np.float64), ref_v, err_msg=f"{name} v")
 
 
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["fp32", "bf16"])
@@ -123,6 +125,8 @@ PLANTED = {  # id: (exact text in attn_qk.metal, replacement, shape)
     "rope-partner-off-by-one": ("head[c + HALF] * sn", "head[c + HALF - 1] * sn", "4q1k-128-rot32"),
     "position-ignores-token": ("float(pos[0] + t)", "float(pos[0])", "4q1k-128-rot32"),
     "keys-take-query-weight": ("isq ? qw[i + e] : kw[i + e]", "qw[i + e]", "4q1k-128-rot32"),
+    "v-from-the-key-head": ("const int64_t vsrc = src + NK * D;", "const int64_t vsrc = src;", "4q1k-128-rot32"),
+    "v-last-channel-dropped": ("i < D; i += NT) v", "i < D - 1; i += NT) v", "partial-groups-3q1k-36-rot12"),
     "last-group-dropped": ("  if (i < D) {\n    vload<4>", "  if (i < D - 4) {\n    vload<4>", "partial-groups-3q1k-36-rot12"),
 }
 

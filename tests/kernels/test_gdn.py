@@ -286,7 +286,7 @@ def test_cuda_twin_compiles(tmp_path, dt):
         "norm_gemv": ([dt, f32, f32, dt, f32], [dt, dt],
                       [("InT", dt), ("K", 1024), ("N", 3584), ("NT", 128), ("R", 4), ("ADD", True), ("GLU", True),
                        ("PARTS", 16)]),
-        "attn_qk": ([dt, f32, f32, f32, i32, f32], [dt, dt],
+        "attn_qk": ([dt, f32, f32, f32, i32, f32], [dt, dt, dt],
                     [("InT", dt), ("D", 256), ("NQ", 8), ("NK", 2), ("ROT", 64), ("NT", 64)]),
         "attn_flash": ([h16] * 3 + [f32, i32], [h16],                  # 16-bit operands only; fp16 with QS
                        [("InT", h16), ("D", 256), ("Hq", 8), ("Hkv", 2), ("BK", 64 if dt == f32 else 32), ("NT", 128),
