@@ -44,7 +44,7 @@ class Attention(DecodeFusion, nn.Module):
 
     def project(self, x, rope, positions):
         """x [B, T, H] -> q [B, heads, T, D], k and v [B, kv_heads, T, D] (normed, rotated), gate [B, T, heads, D]
-        (a strided view of the projection: finish reads it in place, no copy)."""
+        (a strided view of the projection, read in place, no copy)."""
         B, T, _ = x.shape
         D = self.head_dim
         if self.row_kernel(T, rope, positions):   # decode on a GPU: the projections as one row, then attn_qk
