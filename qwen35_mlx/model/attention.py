@@ -66,7 +66,7 @@ class Attention(DecodeFusion, nn.Module):
 
     def project_row(self, row, rope, positions):
         """project (see above) from the fused projection row [B, 1, P] = [q and gate | k | v]: both norms and
-        ropes in one attn_qk launch."""
+        ropes, and v copied out as it is, in one attn_qk launch."""
         B, T, _ = row.shape
         D = self.head_dim
         pos = positions.astype(mx.int32) if isinstance(positions, mx.array) else mx.array(positions, mx.int32)
