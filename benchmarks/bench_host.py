@@ -15,12 +15,9 @@ when the graph is built and again when it is evaluated).
 from __future__ import annotations
 
 import argparse
-import collections
 import cProfile
 import pstats
-import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,8 +25,10 @@ import mlx.core as mx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bench_model import build_ours, hf_weights  # noqa: E402
 from configs import QWEN35_0_8B  # noqa: E402
+from helpers import graph_nodes  # noqa: E402
 
 from qwen35_mlx.kernels import attn, gdn, gdn_kernels, norm  # noqa: E402
 
@@ -47,14 +46,6 @@ class ZerosKernel:
 
 
 STAND_IN = {"Depends", "Full", "Broadcast"}      # the nodes ZerosKernel adds (one Depends per kernel launch)
-
-
-def graph_nodes(out) -> collections.Counter:
-    """Primitive nodes in the graph behind `out`, by name (from MLX's DOT export). Each one costs host time
-    on every token (graph building, then evaluation), views included."""
-    with tempfile.NamedTemporaryFile(suffix=".dot") as f:
-        mx.export_to_dot(f.name, out)
-        return collections.Counter(re.findall(r'\[label ="([^"]*)", shape=rectangle', Path(f.name).read_text()))
 
 
 def fake_gpu_kernels():

@@ -1,6 +1,10 @@
-"""Test helpers: the one error metric, and the `transformers` reference on the tiny checkpoints."""
+"""Test helpers: the one error metric, the graph-node count, and the `transformers` reference on the tiny
+checkpoints."""
 
+import collections
 import json
+import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +15,16 @@ def assert_rel_close(out, ref, tol, name):
     assert np.isfinite(out).all(), f"{name}: non-finite values"
     err = np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30)
     assert err < tol, f"{name}: relative error {err:.2e} >= {tol:.0e}"
+
+
+def graph_nodes(*outs) -> collections.Counter:
+    """Primitive nodes in the graph behind `outs`, by name (from MLX's DOT export). Each one costs host time on
+    every decode token (graph building, then evaluation), views included (benchmarks/bench_host.py counts them)."""
+    import mlx.core as mx
+
+    with tempfile.NamedTemporaryFile(suffix=".dot") as f:
+        mx.export_to_dot(f.name, *outs)
+        return collections.Counter(re.findall(r'\[label ="([^"]*)", shape=rectangle', Path(f.name).read_text()))
 
 
 def load_hf(path):

@@ -4,7 +4,7 @@ and rebuilt (with fresh compiled steps) when the weights are replaced after a de
 import mlx.core as mx
 import numpy as np
 
-from helpers import assert_rel_close
+from helpers import assert_rel_close, graph_nodes
 from qwen35_mlx import load
 from qwen35_mlx.memory import weight_bytes
 from qwen35_mlx.model.fused import FusedLinear
@@ -82,20 +82,16 @@ def test_segmented_decode_equals_layer_by_layer(dense_text_path, monkeypatch):
     assert_rel_close(segmented, layered, 1e-6, "segmented vs layer-by-layer decode")
 
 
-def step_nodes(model, tmp_path) -> dict:
-    """Primitive nodes of one decode step's graph, by name (MLX's DOT export)."""
-    import collections
-    import re
+def step_nodes(model):
+    """Primitive nodes of one decode step's graph, by name."""
     cache = model.make_cache()
     mx.eval(model(mx.array([[5, 6, 7]]), cache=cache))
     model(mx.array([[8]]), cache=cache)                    # the first decode step builds the fused projections
     mx.eval(cache.state_arrays())
-    out = model(mx.array([[9]]), cache=cache)
-    mx.export_to_dot(str(tmp_path / "step.dot"), out)
-    return collections.Counter(re.findall(r'\[label ="([^"]*)", shape=rectangle', (tmp_path / "step.dot").read_text()))
+    return graph_nodes(model(mx.array([[9]]), cache=cache))
 
 
-def test_row_projections_hold_transposed_weights(dense_text_path, tmp_path, monkeypatch):
+def test_row_projections_hold_transposed_weights(dense_text_path, monkeypatch):
     """Decode multiplies down_proj and o_proj (out_proj on the GDN kernel path) by their weights' transposed views,
     made once: the step's graph has no Transpose node for them, nor the Flatten and Unflatten around a row's
     matmul (each node costs host time per token), and the views share the weights' memory."""
@@ -103,14 +99,14 @@ def test_row_projections_hold_transposed_weights(dense_text_path, tmp_path, monk
     from qwen35_mlx.model.gated_deltanet import GatedDeltaNet
     from qwen35_mlx.model.mlp import MLP
     model, _ = load(dense_text_path, dtype="float32")
-    held = step_nodes(model, tmp_path)
+    held = step_nodes(model)
     mlp = model.layers[0].mlp
     assert mlp._rows["down_proj"][0].shape == mlp.down_proj.weight.shape[::-1]
     before = weight_bytes(model)
     for cls in (MLP, Attention, GatedDeltaNet):
         monkeypatch.setattr(cls, "ROW", ())
     plain, _ = load(dense_text_path, dtype="float32")
-    nodes = step_nodes(plain, tmp_path)
+    nodes = step_nodes(plain)
     n_attn = sum(not layer.is_linear for layer in model.layers)
     rows = len(model.layers) + n_attn                                                 # down_proj each, o_proj
     assert nodes["Transpose"] - held["Transpose"] == rows
