@@ -111,9 +111,8 @@ class DecodeFusion:
     def fused_checks(self) -> list:
         """(owner, name, module, weight) for each fused or ROW layer: the fusion is current while every owner still
         holds that module under that name and the module that weight (see Qwen35Model.ensure_fused)."""
-        rows = [(self, n, dict.get(self, n)) for n in self.ROW]
-        return [(self, n, m, m.weight) for n, m in zip(self.FUSE, self._fused.modules)] + \
-            [(o, n, m, m.weight) for o, n, m in rows]
+        rows = [(n, dict.get(self, n)) for n in self.ROW]
+        return [(self, n, m, m.weight) for n, m in [*zip(self.FUSE, self._fused.modules), *rows]]
 
     def row(self, name: str, x):
         """self[name](x) for one token. For a plain Linear: x @ its weight's transposed view as ensure_fused made
