@@ -8,7 +8,8 @@ Both models are built from the same Hugging Face-layout weight dict through each
 so they compute the same function (checked: the last-token logits agree). Prefill is one call per
 --prefill-chunk tokens (default: qwen35_mlx's for this backend; both packages chunk the same way); decode is
 greedy with the cache after the prompt, the median of DECODE_RUNS runs of --decode tokens, the two packages'
-runs alternating (each run's rate is printed). Peak memory covers the prefill and 3 decode steps. With --bits both are quantized the same way (affine, group 64) after loading.
+runs alternating (each run's rate is printed). Peak memory covers the prefill and 3 decode steps. With --bits
+both are quantized the same way (affine, group 64) after loading.
 """
 
 from __future__ import annotations

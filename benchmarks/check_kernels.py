@@ -254,8 +254,8 @@ def _verdict(name, check):
         print(f"{name} FAIL {str(e)[:200]}", flush=True)
 
 
-CHECKS = {"flash": check_flash, "parts": check_parts, "attn_decode": check_attn_decode, "norm_gemv": check_norm_gemv, "norm": check_norm,
-          "attn_qk": check_attn_qk, "conv": check_conv, "gdn_decode": check_gdn_decode}
+CHECKS = {"flash": check_flash, "parts": check_parts, "attn_decode": check_attn_decode, "norm_gemv": check_norm_gemv,
+          "norm": check_norm, "attn_qk": check_attn_qk, "conv": check_conv, "gdn_decode": check_gdn_decode}
 
 
 def main(argv=None):
