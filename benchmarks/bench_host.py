@@ -77,11 +77,11 @@ def main():
     print(f"device {mx.default_device()}, mlx {mx.__version__}: graph building per decode step (GPU code path, "
           f"kernels stood in): median {times[n // 2] * 1e3:.3f} ms, p10 {times[n // 10] * 1e3:.3f} ms")
     ZerosKernel.connect = True
-    model.__dict__["_segment_fns"] = None                   # retraced with the connected stand-ins
+    model.__dict__["_segment_fns"] = model.__dict__["_step_fn"] = None      # retraced with the connected stand-ins
     mx.eval(cache.state_arrays())                           # (the unconnected stand-ins left the KV updates lazy)
     nodes = graph_nodes(mx.argmax(model(tok, cache=cache)[:, -1], axis=-1))
     ZerosKernel.connect = False
-    model.__dict__["_segment_fns"] = None
+    model.__dict__["_segment_fns"] = model.__dict__["_step_fn"] = None
     own = sum(n for k, n in nodes.items() if k not in STAND_IN)
     print(f"graph nodes per decode step (with argmax): {nodes['Depends']} custom kernel calls, {own} other: "
           + ", ".join(f"{k} {n}" for k, n in nodes.most_common() if k not in STAND_IN))

@@ -1,10 +1,12 @@
 // attn_decode: one query per head (a decode step) over the first S rows of the KV cache buffers, the keys split
 // over NS threadgroups so that a short step still spreads over the GPU (attn_decode_combine merges the splits).
 // Reference: the MLX-ops path of Attention.attend (mx.fast.scaled_dot_product_attention).
-// q [B, Hq, D]; kc, vc [B, Hkv, SC, D], the cache buffers as they are (no copy of the filled part), with
-// meta = [S, L, SC]: S <= SC filled rows, L <= LMAX keys per threadgroup. Grid (NT * NS, Hkv, B), NS =
-// ceil(S / L), threadgroup NT = 32 NW: threadgroup s takes keys [s L, s L + L) for all G = Hq / Hkv query heads
-// of key head hk, so each key row is read once.
+// q [B, Hq, D]; kc, vc [B, Hkv, SC, D], the cache buffers as they are (no copy of the filled part); n_keys = [S],
+// S <= SC filled rows (data: a compiled decode step reads it from the graph), meta = [L, SC, NS]: L <= LMAX keys
+// per threadgroup, NS >= ceil(S / L) splits. Grid (NT * NS, Hkv, B), threadgroup NT = 32 NW: threadgroup s takes
+// keys [s L, s L + L) for all G = Hq / Hkv query heads of key head hk, so each key row is read once. Splits past
+// S (a step compiled for the buffers' capacity SC, not for S) leave their outputs unwritten: the combine reads
+// the first ceil(S / L).
 // A key row is read by LPR lanes, VW elements each (16 bytes); a simdgroup reads RPW rows at a time.
 // Out, float32, per (b, query head, split): o [D] = sum_j p_j v_j and l = sum_j p_j with p_j = 2^(s_j - m),
 // m = the split's max of s_j = q . k_j scale log2(e).
@@ -15,10 +17,10 @@ constexpr int LPR = D / VW;                    // lanes per key row (a power of 
 constexpr int RPW = 32 / LPR;                  // rows per simdgroup step
 constexpr int U = 4;                           // steps whose loads are in flight together
 constexpr int WPL = 4;                         // 32-bit words per lane per row (16 bytes)
-const int S = meta[0];
-const int L = meta[1];
-const int SC = meta[2];
-const int NS = (S + L - 1) / L;
+const int S = n_keys[0];
+const int L = meta[0];
+const int SC = meta[1];
+const int NS = meta[2];
 const float scale = scale_in[0] * 1.4426950408889634f;
 const int sp = int(tgid.x);
 const int hk = int(tgid.y);
@@ -30,6 +32,7 @@ const int part = int(lane) % LPR;
 const int64_t kv0 = ((int64_t)b * Hkv + hk) * SC * D;
 threadgroup float P[G * LMAX];                 // scores, then probabilities, of this split's keys
 threadgroup float O[NW * D];                   // each simdgroup's share of sum_j p_j v_j, one head at a time
+if (j0 >= S) return;                           // the whole threadgroup: an idle split (no barrier reached)
 
 // This lane's part of the U steps' rows from jb on (rows past the split read as zeros), as raw words.
 #define LOAD_ROWS(w, src)                                                      \

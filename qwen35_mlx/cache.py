@@ -7,6 +7,7 @@ snapshots (`snapshot` / `restore`) taken at chunk boundaries; KV caches are simp
 
 from __future__ import annotations
 
+import mlx.core as mx
 from mlx_lm.models.cache import KVCache, QuantizedKVCache
 
 
@@ -25,6 +26,20 @@ class GDNCache:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.state_arrays)
 
+
+
+def reserve_rows(c: KVCache, rows: int) -> None:
+    """c's buffers (holding rows already) made to hold at least `rows` rows. They grow by a quarter of their size,
+    at least mlx-lm's step, not by its step alone: a compiled decode step over the buffers is traced again for
+    each new size."""
+    cap = c.keys.shape[2]
+    if rows <= cap:
+        return
+    extra = -(-max(c.step, cap // 4, rows - cap) // c.step) * c.step
+
+    def grow(a):
+        return mx.concatenate([a, mx.zeros((*a.shape[:2], extra, a.shape[3]), a.dtype)], axis=2)
+    c.keys, c.values = grow(c.keys), grow(c.values)
 
 
 class ModelCache(list):

@@ -52,8 +52,8 @@ KERNELS = {
     "norm_gemv": (("x", "h", "nw", "W", "eps"), ("y", "res")),
     "attn_qk": (("proj", "qw", "kw", "inv_freq", "pos", "eps"), ("q", "k", "v")),
     "attn_flash": (("q", "k", "v", "scale_in", "meta"), ("out",)),
-    "attn_decode": (("q", "kc", "vc", "scale_in", "meta"), ("o_out", "m_out", "l_out")),
-    "attn_decode_combine": (("o", "m", "l", "gate", "meta"), ("out",)),
+    "attn_decode": (("q", "kc", "vc", "scale_in", "n_keys", "meta"), ("o_out", "m_out", "l_out")),
+    "attn_decode_combine": (("o", "m", "l", "gate", "n_keys", "meta"), ("out",)),
 }
 
 # Kernels that read their inputs in place with their strides (built with ensure_row_contiguous off): MLX would

@@ -107,11 +107,15 @@ COMBINE_NT = 128                        # attn_decode_combine: 4 simdgroups per 
 
 def decode_backend(q, k) -> str | None:
     """The backend attn_decode runs on here for one query per head q [B, Hq, 1, D] (16-bit or float32) over
-    k [B, Hkv, S, D], or None: a key row must be read by a power-of-2 number of lanes, up to 32, in 16-byte
+    k [B, Hkv, S, D], or None (decode_backend_for)."""
+    return decode_backend_for(q.shape[-1], q.shape[1], k.shape[1], q.dtype)
+
+
+def decode_backend_for(D: int, Hq: int, Hkv: int, dtype) -> str | None:
+    """decode_backend by shapes: a key row must be read by a power-of-2 number of lanes, up to 32, in 16-byte
     pieces, and at most DECODE_MAX_G query heads share a key head."""
-    D, Hq, Hkv = q.shape[-1], q.shape[1], k.shape[1]
-    lanes = D * q.dtype.size // 16
-    if (q.dtype not in (mx.bfloat16, mx.float16, mx.float32) or D * q.dtype.size % 16 or 32 % max(lanes, 1)
+    lanes = D * dtype.size // 16
+    if (dtype not in (mx.bfloat16, mx.float16, mx.float32) or D * dtype.size % 16 or 32 % max(lanes, 1)
             or Hkv == 0 or Hq % Hkv or Hq // Hkv > DECODE_MAX_G
             or not (_metal.enabled("attn_decode") and _metal.enabled("attn_decode_combine"))):
         return None
@@ -128,38 +132,42 @@ def decode_split(S: int, G: int) -> tuple[int, int]:
     return L, lmax
 
 
-def attn_decode(q, kc, vc, S: int, scale: float, *, backend: str, gate=None, nt: int = DECODE_NT):
+def attn_decode(q, kc, vc, S, scale: float, *, backend: str, gate=None, nt: int = DECODE_NT):
     """One query per head q [B, Hq, 1, D] over the first S rows of the cache buffers kc, vc [B, Hkv, SC, D] (read in
     place). Returns [B, 1, Hq * D] in q's dtype, times sigmoid(gate) where a gate [B, 1, Hq, D] is given (any
-    strides: read in place)."""
+    strides: read in place). S: an int, or an int32 array [1] where it is data (a compiled decode step, whose
+    graph must not change shape as the cache fills): the keys are then split for the capacity SC, and the splits
+    past S stay idle."""
     B, Hq, _, D = q.shape
     Hkv, SC = kc.shape[1], kc.shape[2]
     G = Hq // Hkv
-    if Hq % Hkv or G > DECODE_MAX_G or not 0 < S <= SC:
+    keys = SC if isinstance(S, mx.array) else S
+    if Hq % Hkv or G > DECODE_MAX_G or not 0 < keys <= SC:
         raise ValueError(f"attn_decode: {Hq} query heads over {Hkv} key heads, {S} of {SC} cache rows")
     if gate is not None and gate.shape != (B, 1, Hq, D):
         raise ValueError(f"attn_decode: gate of shape {tuple(gate.shape)}; expected {(B, 1, Hq, D)}")
-    L, lmax = decode_split(S, G)
-    NS = -(-S // L)
+    L, lmax = decode_split(keys, G)
+    NS = -(-keys // L)
     if NS > DECODE_NSMAX:
-        raise ValueError(f"attn_decode: {S} keys need {NS} splits, more than {DECODE_NSMAX}")
-    meta = mx.array([S, L, SC], dtype=mx.int32)
+        raise ValueError(f"attn_decode: {keys} keys need {NS} splits, more than {DECODE_NSMAX}")
+    n_keys = S if isinstance(S, mx.array) else mx.array([S], dtype=mx.int32)
+    meta = mx.array([L, SC, NS], dtype=mx.int32)
     o, m, l = _metal.kernel("attn_decode", backend)(
-        inputs=[q, kc.astype(q.dtype), vc.astype(q.dtype), _metal.f32_scalar(float(scale)), meta],
+        inputs=[q, kc.astype(q.dtype), vc.astype(q.dtype), _metal.f32_scalar(float(scale)), n_keys, meta],
         template=[("InT", q.dtype), ("D", D), ("Hq", Hq), ("Hkv", Hkv), ("LMAX", lmax), ("NT", nt)],
         grid=(nt * NS, Hkv, B),
         threadgroup=(nt, 1, 1),
         output_shapes=[(B, Hq, NS, D), (B, Hq, NS), (B, Hq, NS)],
         output_dtypes=[mx.float32] * 3,
     )
-    return decode_combine(o, m, l, meta, q.dtype, gate, backend)
+    return decode_combine(o, m, l, n_keys, meta, q.dtype, gate, backend)
 
 
-def decode_combine(o, m, l, meta, dtype, gate, backend: str):
+def decode_combine(o, m, l, n_keys, meta, dtype, gate, backend: str):
     """attn_decode's splits o [B, Hq, NS, D], m and l [B, Hq, NS] merged into [B, 1, Hq * D] (gated if a gate)."""
     B, Hq, _, D = o.shape
     (out,) = _metal.kernel("attn_decode_combine", backend)(
-        inputs=[o, m, l, m if gate is None else gate, meta],     # without a gate the kernel never reads that slot
+        inputs=[o, m, l, m if gate is None else gate, n_keys, meta],     # without a gate the kernel never reads that slot
         template=[("InT", dtype), ("D", D), ("Hq", Hq), ("NT", COMBINE_NT), ("GATE", gate is not None)],
         grid=(COMBINE_NT * -(-D // 32), Hq, B),
         threadgroup=(COMBINE_NT, 1, 1),

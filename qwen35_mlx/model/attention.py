@@ -6,7 +6,8 @@ from mlx_lm.models.base import scaled_dot_product_attention
 from mlx_lm.models.cache import KVCache
 
 from ..config import TextConfig
-from ..kernels.attn import attn_decode, attn_flash, attn_qk, decode_backend, flash_backend, qk_backend
+from ..kernels.attn import (attn_decode, attn_flash, attn_qk, decode_backend, decode_backend_for, flash_backend,
+                            qk_backend)
 from .fused import DecodeFusion
 from .norms import RMSNorm
 
@@ -95,6 +96,20 @@ class Attention(DecodeFusion, nn.Module):
                 return attn_decode(q, cache.keys, cache.values, k.shape[2], self.scale, gate=gate, backend=backend)
         out = self._attend(q, k, v, mask, cache, quantized)
         return out if gate is None else _gated(out, gate)
+
+    def decode_backend(self, dtype) -> str | None:
+        """Where attn_decode runs for this layer's heads in `dtype` (None: not here)."""
+        return decode_backend_for(self.head_dim, self.n_heads, self.n_kv, dtype)
+
+    def attend_in_graph(self, q, k, v, gate, keys, values, at, S):
+        """A decode step's attention inside a compiled graph (project's q, k, v, gate in): k and v written into
+        the KV cache buffers keys, values [B, kv_heads, SC, D] at row `at`, then attn_decode over their first S
+        rows (`at` and S int32 arrays [1]: data, so the graph keeps its shapes as the cache fills).
+        -> (attend's output, keys, values)."""
+        keys = mx.slice_update(keys, k, at, axes=(2,))
+        values = mx.slice_update(values, v, at, axes=(2,))
+        out = attn_decode(q, keys, values, S, self.scale, gate=gate, backend=self.decode_backend(q.dtype))
+        return out, keys, values
 
     def _attend(self, q, k, v, mask, cache, quantized):
         """attend without the gate (every path but attn_decode's)."""

@@ -10,7 +10,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..cache import ModelCache
+from ..cache import KVCache, ModelCache, reserve_rows
 from ..config import Qwen35Config, TextConfig
 from ..errors import PromptError
 from ..kernels.norm import gemv_backend, norm_gemv
@@ -265,11 +265,16 @@ class Qwen35Model(nn.Module):
         return lm.norm.residual(x, h)[0]
 
     def _decode_step(self, x, cache, positions):
-        """One token through the stack in segments split at the attention layers' KV caches: a segment is one
-        compiled call running the previous attention layer's output and MLP, the GDN layers in between and the
-        next attention layer's projections (7 compiled calls per token for Qwen3.5's 3:1 layout instead of ~60
-        layer calls: host time per call is what decode on a GPU pays). positions: the int offset, or [3, B, 1]."""
+        """One token through the stack: the whole step as one compiled call where the KV caches can be written and
+        read inside the graph (_step_in_graph), else in segments split at the attention layers' KV caches: a
+        segment is one compiled call running the previous attention layer's output and MLP, the GDN layers in
+        between and the next attention layer's projections (7 compiled calls per token for Qwen3.5's 3:1 layout
+        instead of ~60 layer calls: host time per call is what decode on a GPU pays). positions: the int offset,
+        or [3, B, 1]."""
         off = positions if isinstance(positions, mx.array) else mx.array(positions, mx.int32)
+        whole = self._step_in_graph(x, cache, off)
+        if whole is not None:
+            return whole
         h = out = None
         for gdn, proj, fn in self._segments():
             res = fn(x, h, out, off, *[a for i in gdn for a in (cache[i].conv, cache[i].state)])
@@ -285,9 +290,60 @@ class Qwen35Model(nn.Module):
                 out = self.layers[proj].self_attn.attend(q, k, v, None, cache[proj], gate)
         return x, h
 
-    def _segments(self) -> list:
-        """[(GDN layers, attention layer projected at the end or None, compiled segment)] covering the stack in
-        order; built on first use and after re-fusing (compiled graphs keep the weights they were traced with)."""
+    def _step_in_graph(self, x, cache, off):
+        """The decode step as one compiled call, the KV caches' buffers passed in and out (written at the row
+        given as data, attn_decode reading the filled rows in place): one call's host time per token. Runs where
+        every attention layer's cache is a plain KVCache already holding rows in x's dtype and attn_decode runs
+        here; returns None elsewhere. The graph is traced again when the buffers grow (in steps of a quarter of
+        their size: a few times over a long generation)."""
+        layers = self.layers
+        kv = [cache[i] for i, layer in enumerate(layers) if not layer.is_linear]
+        attn = [layer.self_attn for layer in layers if not layer.is_linear]
+        if not kv or any(type(c) is not KVCache or c.keys is None or c.keys.dtype != x.dtype or c.offset != kv[0].offset
+                         for c in kv) or any(a.decode_backend(x.dtype) is None for a in attn):
+            return None
+        n = kv[0].offset
+        for c in kv:
+            reserve_rows(c, n + 1)
+        shapes = tuple(c.keys.shape for c in kv) + (x.shape, x.dtype, off.shape)
+        fn = self.__dict__.get("_step_fn")
+        if fn is None or fn[0] != shapes:                            # one trace kept: the buffers' current size
+            fn = self.__dict__["_step_fn"] = (shapes, mx.compile(self._whole_step))
+        arrays = [a for i, layer in enumerate(layers)
+                  for a in ((cache[i].conv, cache[i].state) if layer.is_linear else (cache[i].keys, cache[i].values))]
+        res = fn[1](x, off, mx.array([n], mx.int32), mx.array([n + 1], mx.int32), *arrays)
+        del arrays                                                   # the old buffers: the graph's alone, donated
+        for i, layer in enumerate(layers):
+            c = cache[i]
+            if layer.is_linear:
+                c.conv, c.state = res[2 + 2 * i], res[3 + 2 * i]
+            else:
+                c.keys, c.values = res[2 + 2 * i], res[3 + 2 * i]
+                c.offset += 1
+        return res[0], res[1]
+
+    def _whole_step(self, x, off, at, S, *arrays):
+        """_step_in_graph's traced function: the segments, with each attention layer's cache write and attention
+        between them. arrays: per layer in order, (conv, state) or (keys, values). -> (x, h, *new arrays)."""
+        h = out = None
+        new, i = [], 0
+        for gdn, proj, fn in self._segments(compiled=False):
+            res = fn(x, h, out, off, *arrays[2 * i:2 * (i + len(gdn))])
+            x, new, i = res[0], new + list(res[1:1 + 2 * len(gdn)]), i + len(gdn)
+            rest = res[1 + 2 * len(gdn):]
+            if proj is None:
+                h = rest[0]
+            else:
+                h = None
+                out, keys, values = self.layers[proj].self_attn.attend_in_graph(*rest, arrays[2 * i],
+                                                                                 arrays[2 * i + 1], at, S)
+                new, i = new + [keys, values], i + 1
+        return x, h, *new
+
+    def _segments(self, compiled: bool = True) -> list:
+        """[(GDN layers, attention layer projected at the end or None, segment)] covering the stack in order
+        (compiled, or as the plain functions _whole_step traces); built on first use and after re-fusing
+        (compiled graphs keep the weights they were traced with)."""
         segs = self.__dict__.get("_segment_fns")                  # outside the module tree
         if segs is None:
             bounds, fin, gdn = [], None, []
@@ -298,8 +354,9 @@ class Qwen35Model(nn.Module):
                     bounds.append((fin, gdn, i))
                     fin, gdn = i, []
             bounds.append((fin, gdn, None))
-            segs = self.__dict__["_segment_fns"] = [(g, p, self._segment_fn(f, g, p)) for f, g, p in bounds]
-        return segs
+            plain = [(g, p, self._segment_fn(f, g, p)) for f, g, p in bounds]
+            segs = self.__dict__["_segment_fns"] = (plain, [(g, p, mx.compile(fn)) for g, p, fn in plain])
+        return segs[1] if compiled else segs[0]
 
     def _segment_fn(self, fin, gdn, proj):
         layers, rope = self.layers, self.rope
@@ -315,7 +372,7 @@ class Qwen35Model(nn.Module):
                 return x, *new, h
             x, q, k, v, g = layers[proj].project_step(x, h, rope, off)
             return x, *new, q, k, v, g
-        return mx.compile(segment)
+        return segment
 
     def ensure_fused(self):
         """Every layer's fused decode projections current, checked on each decode step (weights reloaded or layers
@@ -334,6 +391,7 @@ class Qwen35Model(nn.Module):
         owners, names, held = (list(t) for t in zip(*checks)) if checks else ([], [], [])
         self.__dict__["_fused_state"] = (list(layers), owners, names, held)
         self.__dict__["_segment_fns"] = None                        # they captured the weights they were traced with
+        self.__dict__["_step_fn"] = None
 
     @staticmethod
     def _full_mask(attention_mask, B, T, offset):

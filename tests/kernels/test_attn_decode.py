@@ -42,12 +42,14 @@ def gate_view(B, Hq, D, dtype, seed):
     return row[..., :2 * Hq * D].reshape(B, 1, Hq, 2 * D)[..., D:]
 
 
-def check(shape, run_id, seed, nt=attn.DECODE_NT, gated=False):
+def check(shape, run_id, seed, nt=attn.DECODE_NT, gated=False, spare=40, dynamic=False):
+    """dynamic: S handed over as an array, as a compiled decode step does (the keys split for the capacity)."""
     Hq, Hkv, D, dtype = SHAPES[shape]
     B, S = RUNS[run_id]
-    q, kc, vc = make(B, S, Hq, Hkv, D, dtype, seed)
+    q, kc, vc = make(B, S, Hq, Hkv, D, dtype, seed, spare)
     gate = gate_view(B, Hq, D, dtype, seed + 1) if gated else None
-    out = attn.attn_decode(q, kc, vc, S, D ** -0.5, backend="metal", nt=nt, gate=gate)
+    n_keys = mx.array([S], dtype=mx.int32) if dynamic else S
+    out = attn.attn_decode(q, kc, vc, n_keys, D ** -0.5, backend="metal", nt=nt, gate=gate)
     assert out.shape == (B, 1, Hq * D) and out.dtype == dtype
     ref = reference(q, kc[:, :, :S], vc[:, :, :S], D ** -0.5, causal=False).reshape(B, 1, Hq * D)
     if gated:
@@ -67,6 +69,12 @@ def test_output_gate(metal_on_cpu, shape):
     check(shape, "B2-S300", seed=4, gated=True)
 
 
+@pytest.mark.parametrize("run_id", ["S1", "B2-S300"])
+def test_length_as_data(metal_on_cpu, run_id):
+    """S as an array over a buffer of 1,500 spare (NaN) rows: most splits idle, only the filled ones merged."""
+    check("qwen35-8q2k-256-bf16", run_id, seed=5, gated=True, spare=1500, dynamic=True)
+
+
 def test_two_simdgroups(metal_on_cpu):
     check("qwen35-8q2k-256-bf16", "B2-S300", seed=2, nt=64)
 
@@ -83,7 +91,7 @@ def test_combine_many_splits(metal_on_cpu, D):
     l = rng.uniform(0.5, 40, (B, Hq, NS))
     (out,) = attn._metal.kernel("attn_decode_combine", "metal")(
         inputs=[mx.array(o, mx.float32), mx.array(m, mx.float32), mx.array(l, mx.float32), mx.zeros((1,)),
-                mx.array([S, L, S], dtype=mx.int32)],
+                mx.array([S], dtype=mx.int32), mx.array([L, S, NS], dtype=mx.int32)],
         template=[("InT", mx.float32), ("D", D), ("Hq", Hq), ("NT", attn.COMBINE_NT), ("GATE", False)],
         grid=(attn.COMBINE_NT * -(-D // 32), Hq, B), threadgroup=(attn.COMBINE_NT, 1, 1),
         output_shapes=[(B, 1, Hq * D)], output_dtypes=[mx.float32])
@@ -134,6 +142,8 @@ PLANTED = {
     "combine-unweighted": ("attn_decode_combine.metal", "acc += fexp2(m[r + s] - top) * o", "acc += o"),
     "combine-partials": ("attn_decode_combine.metal", "BARRIER();\nif (sg == 0", "if (sg == 0"),
     "gate-head-stride": ("attn_decode_combine.metal", "(int64_t)h * gate_strides[2]", "(int64_t)h * D"),
+    "idle-split-bound": ("attn_decode.metal", "if (j0 >= S) return;", "if (j0 + L > S) return;"),
+    "idle-split-merged": ("attn_decode_combine.metal", "s < NF; s += NW", "s < NS; s += NW"),
 }
 
 
@@ -141,4 +151,5 @@ PLANTED = {
 def test_planted_bug_is_caught(metal_on_cpu, monkeypatch, bug):
     source, text, replacement = PLANTED[bug]
     assert_caught(monkeypatch, source, text, replacement,
-                  lambda: check("4q1k-128-fp16", "B2-S300", seed=6, gated=bug.startswith("gate")))
+                  lambda: check("4q1k-128-fp16", "B2-S300", seed=6, gated=bug.startswith("gate"),
+                                spare=300 if bug.startswith("idle") else 40, dynamic=bug.startswith("idle")))

@@ -281,3 +281,32 @@ def _decode_against_transformers(model, hf):
         steps.append(np.array(logits[0]))
     ref = hf_logits(hf, np.concatenate([ids, [toks]], axis=1))[0, ids.shape[1]:]
     assert_rel_close(np.stack(steps), ref, 1e-4, "decode logits on the kernel path")
+
+
+def test_decode_step_as_one_graph(metal_on_cpu, dense_text_path, monkeypatch):
+    """The decode step as one graph (the KV buffers written at a row given as data and read in place by
+    attn_decode) against the segmented step (mlx-lm's cache update, then attend), through the buffers' growth
+    from 256 rows: the same logits at every step; the buffers grow by a step (256 rows), not one row at a time."""
+    from qwen35_mlx.model.qwen35 import Qwen35Model
+    model, _ = load(dense_text_path, dtype="float32")
+    ids = mx.array(np.random.default_rng(11).integers(0, 400, (1, 250)))
+
+    def run():
+        cache = model.make_cache()
+        with monkeypatch.context() as m:                      # the prompt through MLX ops: the emulator is slow
+            m.setattr(_metal, "DISABLED", frozenset(_metal.KERNELS))
+            out = [model(ids, cache=cache)[:, -1]]
+        out += [model(mx.array([[t]]), cache=cache)[:, -1] for t in range(3, 3 + 9)]
+        return np.stack([np.array(o[0]) for o in out]), cache
+
+    mx.disable_compile()
+    try:
+        whole, cache = run()
+        assert model.__dict__.get("_step_fn") is not None                    # the one-graph step ran
+        kv = [c for c in cache if hasattr(c, "keys")]
+        assert {c.keys.shape[2] for c in kv} == {512} and {c.offset for c in kv} == {259}
+        monkeypatch.setattr(Qwen35Model, "_step_in_graph", lambda *a: None)
+        segmented, _ = run()
+    finally:
+        mx.enable_compile()
+    assert_rel_close(whole, segmented, 1e-5, "one-graph decode vs segmented")
