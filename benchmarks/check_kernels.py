@@ -183,19 +183,20 @@ def check_flash():
 
 def check_attn_decode():
     """attn_decode + combine on the GPU backend, every shape and run of their kernel tests (cache rows past S are
-    NaN: a read of them shows)."""
+    NaN: a read of them shows), S as an int and as data (a compiled step's: 1,500 spare rows, most splits idle)."""
     from qwen35_mlx.kernels import attn
     t = test_attn_decode
     for shape, (Hq, Hkv, D, dt) in t.SHAPES.items():
         for run, (B, S) in t.RUNS.items():
-            q, kc, vc = t.make(B, S, Hq, Hkv, D, dt, seed=S)
-            ref = test_attn_flash.reference(q, kc[:, :, :S], vc[:, :, :S], D ** -0.5, False).reshape(B, 1, Hq * D)
-            err = rel(attn.attn_decode(q, kc, vc, S, D ** -0.5, backend=gpu_backend()), ref)
-            gate = t.gate_view(B, Hq, D, dt, seed=S)                       # a strided view, read in place
-            gref = ref * mx.sigmoid(gate.astype(mx.float32)).reshape(B, 1, Hq * D)
-            gerr = rel(attn.attn_decode(q, kc, vc, S, D ** -0.5, backend=gpu_backend(), gate=gate), gref)
-            print(f"attn_decode {shape:22s} {run:8s} err {err:.1e}, gated {gerr:.1e} "
-                  f"{'ok' if max(err, gerr) < t.TOL[dt] else 'FAIL'}", flush=True)
+            for spare, n_keys in ((40, S), (1500, mx.array([S], dtype=mx.int32))):
+                q, kc, vc = t.make(B, S, Hq, Hkv, D, dt, seed=S, spare=spare)
+                ref = test_attn_flash.reference(q, kc[:, :, :S], vc[:, :, :S], D ** -0.5, False).reshape(B, 1, Hq * D)
+                err = rel(attn.attn_decode(q, kc, vc, n_keys, D ** -0.5, backend=gpu_backend()), ref)
+                gate = t.gate_view(B, Hq, D, dt, seed=S)                   # a strided view, read in place
+                gref = ref * mx.sigmoid(gate.astype(mx.float32)).reshape(B, 1, Hq * D)
+                gerr = rel(attn.attn_decode(q, kc, vc, n_keys, D ** -0.5, backend=gpu_backend(), gate=gate), gref)
+                print(f"attn_decode {shape:22s} {run:8s} {'S data' if spare > 40 else 'S int ':6s} err {err:.1e}, "
+                      f"gated {gerr:.1e} {'ok' if max(err, gerr) < t.TOL[dt] else 'FAIL'}", flush=True)
 
 
 def per_call(fn, x, conv, state, n=100):

@@ -167,7 +167,7 @@ def decode_combine(o, m, l, n_keys, meta, dtype, gate, backend: str):
     """attn_decode's splits o [B, Hq, NS, D], m and l [B, Hq, NS] merged into [B, 1, Hq * D] (gated if a gate)."""
     B, Hq, _, D = o.shape
     (out,) = _metal.kernel("attn_decode_combine", backend)(
-        inputs=[o, m, l, m if gate is None else gate, n_keys, meta],     # without a gate the kernel never reads that slot
+        inputs=[o, m, l, m if gate is None else gate, n_keys, meta],   # no gate: the kernel never reads that slot
         template=[("InT", dtype), ("D", D), ("Hq", Hq), ("NT", COMBINE_NT), ("GATE", gate is not None)],
         grid=(COMBINE_NT * -(-D // 32), Hq, B),
         threadgroup=(COMBINE_NT, 1, 1),
