@@ -122,12 +122,13 @@ def decode_backend_for(D: int, Hq: int, Hkv: int, dtype) -> str | None:
     return gpu_backend()
 
 
-def decode_split(S: int, G: int) -> tuple[int, int]:
-    """(keys per threadgroup L, its bound LMAX): a power of 2, about S / DECODE_SPLITS, at least 64; the scores of
-    L keys for G heads take at most 16 KiB of threadgroup memory."""
+def decode_split(S: int, G: int, splits: int | None = None) -> tuple[int, int]:
+    """(keys per threadgroup L, its bound LMAX): a power of 2, about S / splits (default DECODE_SPLITS), at least
+    64; the scores of L keys for G heads take at most 16 KiB of threadgroup memory."""
+    splits = splits or DECODE_SPLITS
     lmax = 1 << (max(64, min(1024, 4096 // G)).bit_length() - 1)
     L = 64
-    while L < lmax and (L * DECODE_SPLITS < S or -(-S // L) > DECODE_NSMAX):
+    while L < lmax and (L * splits < S or -(-S // L) > DECODE_NSMAX):
         L *= 2
     return L, lmax
 
@@ -141,16 +142,19 @@ def attn_decode(q, kc, vc, S, scale: float, *, backend: str, gate=None, nt: int 
     B, Hq, _, D = q.shape
     Hkv, SC = kc.shape[1], kc.shape[2]
     G = Hq // Hkv
-    keys = SC if isinstance(S, mx.array) else S
+    data = isinstance(S, mx.array)
+    keys = SC if data else S
     if Hq % Hkv or G > DECODE_MAX_G or not 0 < keys <= SC:
         raise ValueError(f"attn_decode: {Hq} query heads over {Hkv} key heads, {S} of {SC} cache rows")
     if gate is not None and gate.shape != (B, 1, Hq, D):
         raise ValueError(f"attn_decode: gate of shape {tuple(gate.shape)}; expected {(B, 1, Hq, D)}")
-    L, lmax = decode_split(keys, G)
+    # Split for the capacity, twice as finely: the filled rows, from 4/5 of it (reserve_rows), get as many splits
+    # as S would get on its own.
+    L, lmax = decode_split(keys, G, 2 * DECODE_SPLITS if data else None)
     NS = -(-keys // L)
     if NS > DECODE_NSMAX:
         raise ValueError(f"attn_decode: {keys} keys need {NS} splits, more than {DECODE_NSMAX}")
-    n_keys = S if isinstance(S, mx.array) else mx.array([S], dtype=mx.int32)
+    n_keys = S if data else mx.array([S], dtype=mx.int32)
     meta = mx.array([L, SC, NS], dtype=mx.int32)
     o, m, l = _metal.kernel("attn_decode", backend)(
         inputs=[q, kc.astype(q.dtype), vc.astype(q.dtype), _metal.f32_scalar(float(scale)), n_keys, meta],
