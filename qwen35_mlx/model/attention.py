@@ -103,11 +103,12 @@ class Attention(DecodeFusion, nn.Module):
 
     def attend_in_graph(self, q, k, v, gate, keys, values, at, S):
         """A decode step's attention inside a compiled graph (project's q, k, v, gate in): k and v written into
-        the KV cache buffers keys, values [B, kv_heads, SC, D] at row `at`, then attn_decode over their first S
-        rows (`at` and S int32 arrays [1]: data, so the graph keeps its shapes as the cache fills).
+        the KV cache buffers keys, values [B, kv_heads, SC, D] at the row that `at` ([B, kv_heads, 1, D] int32, all
+        that row) names, then attn_decode over their first S rows (S int32 [1]). Both are data, so the graph keeps
+        its shapes as the cache fills; a scatter along the rows is one launch where a dynamic slice update is two.
         -> (attend's output, keys, values)."""
-        keys = mx.slice_update(keys, k, at, axes=(2,))
-        values = mx.slice_update(values, v, at, axes=(2,))
+        keys = mx.put_along_axis(keys, at, k, axis=2)
+        values = mx.put_along_axis(values, at, v, axis=2)
         out = attn_decode(q, keys, values, S, self.scale, gate=gate, backend=self.decode_backend(q.dtype))
         return out, keys, values
 

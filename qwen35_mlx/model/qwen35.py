@@ -311,7 +311,8 @@ class Qwen35Model(nn.Module):
             fn = self.__dict__["_step_fn"] = (shapes, mx.compile(self._whole_step))
         arrays = [a for i, layer in enumerate(layers)
                   for a in ((cache[i].conv, cache[i].state) if layer.is_linear else (cache[i].keys, cache[i].values))]
-        res = fn[1](x, off, mx.array([n], mx.int32), mx.array([n + 1], mx.int32), *arrays)
+        at = mx.array(np.full((x.shape[0], attn[0].n_kv, 1, attn[0].head_dim), n, np.int32))   # the row to write
+        res = fn[1](x, off, at, mx.array([n + 1], mx.int32), *arrays)
         del arrays                                                   # the old buffers: the graph's alone, donated
         for i, layer in enumerate(layers):
             c = cache[i]
