@@ -23,11 +23,11 @@ from configs import QWEN35_0_8B  # noqa: E402
 
 
 class Switched:
-    """Our model with gdn_kernels.FUSE_OUT_PROJ set as given while it runs (the compiled decode segments are traced
-    with the switch, so each variant keeps its own)."""
+    """Our model with gdn_kernels.FUSE_OUT_PROJ set as given while it runs (the compiled decode step and segments
+    are traced with the switch, so each variant keeps its own)."""
 
     def __init__(self, model, fuse: bool):
-        self.model, self.fuse, self.segments = model, fuse, None
+        self.model, self.fuse, self.segments, self.step = model, fuse, None, None
         self.make_cache = model.make_cache
 
     def __call__(self, *a, **kw):
@@ -35,11 +35,11 @@ class Switched:
         m = self.model
         m.ensure_fused()
         gdn_kernels.FUSE_OUT_PROJ = self.fuse
-        m.__dict__["_segment_fns"] = self.segments
+        m.__dict__["_segment_fns"], m.__dict__["_step_fn"] = self.segments, self.step
         try:
             return m(*a, **kw)
         finally:
-            self.segments = m.__dict__.get("_segment_fns")
+            self.segments, self.step = m.__dict__.get("_segment_fns"), m.__dict__.get("_step_fn")
 
 
 def main(argv=None):

@@ -24,6 +24,12 @@ from .rope import Rope, rope_index
 
 
 EVAL_LAYERS_T = 256     # from this many tokens a forward pass evaluates after every full-attention layer
+# Up to this many cached tokens a decode step runs as one compiled graph (_step_in_graph); past it, segmented.
+# Measured on an H100 (benchmarks/RESULTS.md, 2026-12-07 04:44 UTC): one graph 331 tok/s against 311 segmented at
+# 1K, but 181 against 255 at 32K. Up to 8K both split the keys alike (64 per threadgroup); what costs at 32K is
+# not known yet (the split for the capacity, since made finer, or a KV buffer copied when a step still in flight
+# holds it), so the one-graph step stays where it was measured to win.
+GRAPH_STEP_MAX_ROWS = 8192
 
 
 class DecoderLayer(nn.Module):
@@ -293,8 +299,8 @@ class Qwen35Model(nn.Module):
     def _step_in_graph(self, x, cache, off):
         """The decode step as one compiled call, the KV caches' buffers passed in and out (written at the row
         given as data, attn_decode reading the filled rows in place): one call's host time per token. Runs where
-        every attention layer's cache is a plain KVCache already holding rows in x's dtype and attn_decode runs
-        here; returns None elsewhere. The graph is traced again when the buffers grow (in steps of a quarter of
+        every attention layer's cache is a plain KVCache already holding rows (fewer than GRAPH_STEP_MAX_ROWS) in
+        x's dtype and attn_decode runs here; returns None elsewhere. The graph is traced again when the buffers grow (in steps of a quarter of
         their size: a few times over a long generation)."""
         layers = self.layers
         kv = [cache[i] for i, layer in enumerate(layers) if not layer.is_linear]
@@ -303,6 +309,8 @@ class Qwen35Model(nn.Module):
                          for c in kv) or any(a.decode_backend(x.dtype) is None for a in attn):
             return None
         n = kv[0].offset
+        if n >= GRAPH_STEP_MAX_ROWS:
+            return None
         for c in kv:
             reserve_rows(c, n + 1)
         shapes = tuple(c.keys.shape for c in kv) + (x.shape, x.dtype, off.shape)

@@ -286,7 +286,9 @@ def _decode_against_transformers(model, hf):
 def test_decode_step_as_one_graph(metal_on_cpu, dense_text_path, monkeypatch):
     """The decode step as one graph (the KV buffers written at a row given as data and read in place by
     attn_decode) against the segmented step (mlx-lm's cache update, then attend), through the buffers' growth
-    from 256 rows: the same logits at every step; the buffers grow by a step (256 rows), not one row at a time."""
+    from 256 rows: the same logits at every step; the buffers grow by a step (256 rows), not one row at a time.
+    Past GRAPH_STEP_MAX_ROWS the segmented step takes over the grown buffers."""
+    from qwen35_mlx.model import qwen35
     from qwen35_mlx.model.qwen35 import Qwen35Model
     model, _ = load(dense_text_path, dtype="float32")
     ids = mx.array(np.random.default_rng(11).integers(0, 400, (1, 250)))
@@ -305,8 +307,11 @@ def test_decode_step_as_one_graph(metal_on_cpu, dense_text_path, monkeypatch):
         assert model.__dict__.get("_step_fn") is not None                    # the one-graph step ran
         kv = [c for c in cache if hasattr(c, "keys")]
         assert {c.keys.shape[2] for c in kv} == {512} and {c.offset for c in kv} == {259}
+        monkeypatch.setattr(qwen35, "GRAPH_STEP_MAX_ROWS", 254)          # one graph for 4 steps, then segmented
+        switched, _ = run()
         monkeypatch.setattr(Qwen35Model, "_step_in_graph", lambda *a: None)
         segmented, _ = run()
     finally:
         mx.enable_compile()
     assert_rel_close(whole, segmented, 1e-5, "one-graph decode vs segmented")
+    assert_rel_close(switched, segmented, 1e-5, "one graph, then segmented past GRAPH_STEP_MAX_ROWS")

@@ -1,0 +1,88 @@
+"""Decode A/B in one process: the step as one compiled graph (Qwen35Model._step_in_graph, here at any context:
+GRAPH_STEP_MAX_ROWS lifted) or segmented, each with attn_decode's split target at DECODE_SPLITS or --splits, and
+mlx-lm, on the same weights. Each variant prefills its own cache with the same prompt, then reports how far a
+decode's peak memory rises over what is held (a KV buffer copied each step would show), and the variants take
+turns, --rounds runs of --decode tokens each; each reports its median.
+
+    python benchmarks/ab_step.py [--prompt 1024 32768] [--decode 128] [--rounds 3] [--splits 512]
+
+Qwen3.5-0.8B configuration, random bf16 weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_model import bench_pair, build_mlx_lm, build_ours, decode_run, hf_weights, last_logits, prefill  # noqa: E402
+from configs import QWEN35_0_8B  # noqa: E402
+
+
+class Variant:
+    """Our model with the one-graph step on or off and attn_decode's split target set while it runs (both are
+    read when a step is traced or built, so each variant keeps its own)."""
+
+    def __init__(self, model, one_graph: bool, splits: int):
+        self.model, self.one_graph, self.splits = model, one_graph, splits
+        self.make_cache = model.make_cache
+
+    def __call__(self, *a, **kw):
+        from qwen35_mlx.kernels import attn
+        from qwen35_mlx.model import qwen35
+        saved = attn.DECODE_SPLITS, qwen35.GRAPH_STEP_MAX_ROWS
+        attn.DECODE_SPLITS = self.splits
+        qwen35.GRAPH_STEP_MAX_ROWS = 1 << 30 if self.one_graph else 0
+        try:
+            return self.model(*a, **kw)
+        finally:
+            attn.DECODE_SPLITS, qwen35.GRAPH_STEP_MAX_ROWS = saved
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--prompt", type=int, nargs="+", default=[1024, 32768])
+    p.add_argument("--decode", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--splits", type=int, nargs="+", default=[512])
+    args = p.parse_args(argv)
+    from mlx_lm.models.cache import make_prompt_cache
+    from qwen35_mlx.generate import default_prefill_chunk
+    from qwen35_mlx.kernels.attn import DECODE_SPLITS
+    weights = hf_weights(QWEN35_0_8B, mx.bfloat16)
+    variants = {f"{'graph' if g else 'segments'}/{s}": Variant(build_ours(QWEN35_0_8B, weights, 0), g, s)
+                for s in [DECODE_SPLITS, *args.splits] for g in (True, False)}
+    theirs = build_mlx_lm(QWEN35_0_8B, weights, 0)
+    del weights
+    chunk, vocab = default_prefill_chunk(), QWEN35_0_8B["text_config"]["vocab_size"]
+    print(f"device {mx.default_device()}, mlx {mx.__version__}; decode tok/s, median of {args.rounds} runs of "
+          f"{args.decode} tokens (each run's rate in brackets)", flush=True)
+    for T in args.prompt:
+        runs = [prefill(name, m, m.make_cache, T, chunk, vocab) for name, m in variants.items()]
+        runs.append(prefill("mlx-lm", theirs, lambda: make_prompt_cache(theirs), T, chunk, vocab))
+        step = [np.array(last_logits(r["model"], mx.array([[7]]), r["cache"]).astype(mx.float32)) for r in runs]
+        rel = lambda a, b: np.linalg.norm(a - b) / np.linalg.norm(b)   # noqa: E731
+        print(f"T={T:6d} one decode step (token 7), logits rel diff to {runs[1]['name']}: "
+              + ", ".join(f"{r['name']} {rel(s, step[1]):.1e}" for r, s in zip(runs, step)), flush=True)
+        for r in runs:
+            mx.synchronize()
+            held = mx.get_active_memory()
+            mx.reset_peak_memory()
+            decode_run(r, 20)
+            r["decode_runs"].pop()
+            rise = (mx.get_peak_memory() - held) / 1e6
+            print(f"T={T:6d} {r['name']:16s} decode peak over held memory {rise:7.0f} MB", flush=True)
+        bench_pair(runs, args.decode, args.rounds)
+        for r in runs:
+            med = r["decode_tps"]
+            each = "/".join(f"{x:.0f}" for x in r["decode_runs"])
+            print(f"T={T:6d} {r['name']:16s} {med:7.1f} tok/s ({each}) {med / runs[-1]['decode_tps']:5.2f}x mlx-lm",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
