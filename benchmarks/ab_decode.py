@@ -15,10 +15,9 @@ import sys
 from pathlib import Path
 
 import mlx.core as mx
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_model import bench_pair, build_mlx_lm, build_ours, hf_weights, last_logits, prefill  # noqa: E402
+from bench_model import build_mlx_lm, build_ours, decode_ab, hf_weights  # noqa: E402
 from configs import QWEN35_0_8B  # noqa: E402
 
 
@@ -57,21 +56,11 @@ def main(argv=None):
     chunk, vocab = default_prefill_chunk(), QWEN35_0_8B["text_config"]["vocab_size"]
     print(f"device {mx.default_device()}, mlx {mx.__version__}; decode tok/s, median of {args.rounds} runs of "
           f"{args.decode} tokens (each run's rate in brackets)", flush=True)
+    models = {name: (m, m.make_cache) for name, m in
+              (("ours, out_proj in gdn_decode", Switched(ours, True)), ("ours, out_proj apart", Switched(ours, False)))}
+    models["mlx-lm"] = (theirs, lambda: make_prompt_cache(theirs))
     for T in args.prompt:
-        variants = {"ours, out_proj in gdn_decode": Switched(ours, True), "ours, out_proj apart": Switched(ours, False)}
-        runs = [prefill(name, m, m.make_cache, T, chunk, vocab) for name, m in variants.items()]
-        runs.append(prefill("mlx-lm", theirs, lambda: make_prompt_cache(theirs), T, chunk, vocab))
-        step = [np.array(last_logits(r["model"], mx.array([[7]]), r["cache"]).astype(mx.float32)) for r in runs]
-        rel = lambda a, b: np.linalg.norm(a - b) / np.linalg.norm(b)   # noqa: E731
-        print(f"T={T:6d} one decode step (token 7), logits rel diff: fused vs apart {rel(step[0], step[1]):.1e}, "
-              f"fused vs mlx-lm {rel(step[0], step[2]):.1e}, apart vs mlx-lm {rel(step[1], step[2]):.1e}", flush=True)
-        bench_pair(runs, args.decode, args.rounds)
-        for r in runs:
-            med = r["decode_tps"]
-            each = "/".join(f"{x:.0f}" for x in r["decode_runs"])
-            print(f"T={T:6d} {r['name']:30s} {med:7.1f} tok/s ({each}) {med / runs[-1]['decode_tps']:5.2f}x mlx-lm",
-                  flush=True)
-
+        decode_ab(models, T, chunk, vocab, args.decode, args.rounds)
 
 if __name__ == "__main__":
     main()

@@ -16,10 +16,9 @@ import sys
 from pathlib import Path
 
 import mlx.core as mx
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_model import bench_pair, build_mlx_lm, build_ours, decode_run, hf_weights, last_logits, prefill  # noqa: E402
+from bench_model import build_mlx_lm, build_ours, decode_ab, hf_weights  # noqa: E402
 from configs import QWEN35_0_8B  # noqa: E402
 
 
@@ -61,28 +60,10 @@ def main(argv=None):
     chunk, vocab = default_prefill_chunk(), QWEN35_0_8B["text_config"]["vocab_size"]
     print(f"device {mx.default_device()}, mlx {mx.__version__}; decode tok/s, median of {args.rounds} runs of "
           f"{args.decode} tokens (each run's rate in brackets)", flush=True)
+    models = {name: (m, m.make_cache) for name, m in variants.items()}
+    models["mlx-lm"] = (theirs, lambda: make_prompt_cache(theirs))
     for T in args.prompt:
-        runs = [prefill(name, m, m.make_cache, T, chunk, vocab) for name, m in variants.items()]
-        runs.append(prefill("mlx-lm", theirs, lambda: make_prompt_cache(theirs), T, chunk, vocab))
-        step = [np.array(last_logits(r["model"], mx.array([[7]]), r["cache"]).astype(mx.float32)) for r in runs]
-        rel = lambda a, b: np.linalg.norm(a - b) / np.linalg.norm(b)   # noqa: E731
-        print(f"T={T:6d} one decode step (token 7), logits rel diff to {runs[1]['name']}: "
-              + ", ".join(f"{r['name']} {rel(s, step[1]):.1e}" for r, s in zip(runs, step)), flush=True)
-        for r in runs:
-            mx.synchronize()
-            held = mx.get_active_memory()
-            mx.reset_peak_memory()
-            decode_run(r, 20)
-            r["decode_runs"].pop()
-            rise = (mx.get_peak_memory() - held) / 1e6
-            print(f"T={T:6d} {r['name']:16s} decode peak over held memory {rise:7.0f} MB", flush=True)
-        bench_pair(runs, args.decode, args.rounds)
-        for r in runs:
-            med = r["decode_tps"]
-            each = "/".join(f"{x:.0f}" for x in r["decode_runs"])
-            print(f"T={T:6d} {r['name']:16s} {med:7.1f} tok/s ({each}) {med / runs[-1]['decode_tps']:5.2f}x mlx-lm",
-                  flush=True)
-
+        decode_ab(models, T, chunk, vocab, args.decode, args.rounds)
 
 if __name__ == "__main__":
     main()

@@ -155,6 +155,33 @@ def bench_pair(runs, n_decode, rounds=DECODE_RUNS):
         del r["model"], r["cache"], r["tok"]
 
 
+def decode_ab(models: dict, T: int, chunk: int, vocab: int, n_decode: int, rounds: int):
+    """Decode A/B of `models` (name -> (model, make_cache); the last one is the baseline the ratios are to): each
+    prefills its own cache with the same T-token prompt, one decode step's logits are compared with the
+    baseline's, each reports how far a decode's peak memory rises over what it holds (a KV buffer copied each
+    step would show), then bench_pair; prints each one's median and runs."""
+    runs = [prefill(name, m, make_cache, T, chunk, vocab) for name, (m, make_cache) in models.items()]
+    step = [np.array(last_logits(r["model"], mx.array([[7]]), r["cache"]).astype(mx.float32)) for r in runs]
+    rel = lambda a, b: np.linalg.norm(a - b) / np.linalg.norm(b)       # noqa: E731
+    w = max(len(n) for n in models)
+    print(f"T={T:6d} one decode step (token 7), logits rel diff to {runs[-1]['name']}: "
+          + ", ".join(f"{r['name']} {rel(s, step[-1]):.1e}" for r, s in zip(runs[:-1], step)), flush=True)
+    for r in runs:
+        mx.synchronize()
+        held = mx.get_active_memory()
+        mx.reset_peak_memory()
+        decode_run(r, 20)
+        r["decode_runs"].pop()
+        print(f"T={T:6d} {r['name']:{w}s} decode peak over held memory {(mx.get_peak_memory() - held) / 1e6:7.0f} MB",
+              flush=True)
+    bench_pair(runs, n_decode, rounds)
+    for r in runs:
+        med = r["decode_tps"]
+        each = "/".join(f"{x:.0f}" for x in r["decode_runs"])
+        print(f"T={T:6d} {r['name']:{w}s} {med:7.1f} tok/s ({each}) {med / runs[-1]['decode_tps']:5.2f}x "
+              f"{runs[-1]['name']}", flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--prompt", type=int, nargs="+", default=[1024, 8192])

@@ -315,3 +315,39 @@ def test_decode_step_as_one_graph(metal_on_cpu, dense_text_path, monkeypatch):
         mx.enable_compile()
     assert_rel_close(whole, segmented, 1e-5, "one-graph decode vs segmented")
     assert_rel_close(switched, segmented, 1e-5, "one graph, then segmented past GRAPH_STEP_MAX_ROWS")
+
+
+def test_decode_step_as_one_graph_after_an_image(metal_on_cpu, dense_vl_path, monkeypatch):
+    """After an image the rope position (cache offset + the prompt's negative rope delta) and the KV row (the
+    offset) differ: the one-graph step rotates by one and writes at the other. Greedy tokens as transformers', and
+    logits as the segmented step's."""
+    from helpers import hf_greedy
+    from qwen35_mlx.model.qwen35 import Qwen35Model
+    model, proc = load(dense_vl_path, dtype="float32")
+    inputs = proc("Describe it.", images=[np.random.default_rng(6).integers(0, 256, (96, 64, 3), dtype=np.uint8)])
+    n = 6
+
+    def run():
+        cache = model.make_cache()
+        with monkeypatch.context() as m:                      # the prompt through MLX ops: the emulator is slow
+            m.setattr(_metal, "DISABLED", frozenset(_metal.KERNELS))
+            logits = model(**inputs, cache=cache)[:, -1]
+        assert cache.rope_delta < 0
+        toks, steps = [], []
+        for _ in range(n):
+            toks.append(int(mx.argmax(logits, axis=-1).item()))
+            logits = model(mx.array([[toks[-1]]]), cache=cache)[:, -1]
+            steps.append(np.array(logits[0]))
+        return toks, np.stack(steps)
+
+    mx.disable_compile()
+    try:
+        toks, whole = run()
+        assert model.__dict__.get("_step_fn") is not None                    # the one-graph step ran
+        monkeypatch.setattr(Qwen35Model, "_step_in_graph", lambda *a: None)
+        _, segmented = run()
+    finally:
+        mx.enable_compile()
+    assert_rel_close(whole, segmented, 1e-5, "one-graph decode after an image vs segmented")
+    hf_kwargs = {k: np.array(v) for k, v in inputs.items() if k != "input_ids"}
+    assert toks == hf_greedy(load_hf(dense_vl_path), np.array(inputs["input_ids"]), n, **hf_kwargs)[0].tolist()
