@@ -28,7 +28,7 @@ EVAL_LAYERS_T = 256     # from this many tokens a forward pass evaluates after e
 # Measured on an H100 (benchmarks/RESULTS.md, 2026-12-07 04:44 UTC): one graph 331 tok/s against 311 segmented at
 # 1K, but 181 against 255 at 32K. Up to 8K both split the keys alike (64 per threadgroup); what costs at 32K is
 # not known yet (the split for the capacity, since made finer, or a KV buffer copied when a step still in flight
-# holds it), so the one-graph step stays where it was measured to win.
+# holds it), so the one-graph step stays where it was measured to win, over buffers of at most twice that.
 GRAPH_STEP_MAX_ROWS = 8192
 
 
@@ -300,8 +300,8 @@ class Qwen35Model(nn.Module):
         """The decode step as one compiled call, the KV caches' buffers passed in and out (written at the row
         given as data, attn_decode reading the filled rows in place): one call's host time per token. Runs where
         every attention layer's cache is a plain KVCache already holding rows (fewer than GRAPH_STEP_MAX_ROWS) in
-        x's dtype and attn_decode runs here; returns None elsewhere. The graph is traced again when the buffers grow (in steps of a quarter of
-        their size: a few times over a long generation)."""
+        x's dtype and attn_decode runs here; returns None elsewhere. The graph is traced again when the buffers
+        grow (in steps of a quarter of their size: a few times over a long generation)."""
         layers = self.layers
         kv = [cache[i] for i, layer in enumerate(layers) if not layer.is_linear]
         attn = [layer.self_attn for layer in layers if not layer.is_linear]
@@ -309,7 +309,8 @@ class Qwen35Model(nn.Module):
                          for c in kv) or any(a.decode_backend(x.dtype) is None for a in attn):
             return None
         n = kv[0].offset
-        if n >= GRAPH_STEP_MAX_ROWS:
+        # (a cache trimmed back from a long prompt keeps its long buffers: segmented there too)
+        if n >= GRAPH_STEP_MAX_ROWS or kv[0].keys.shape[2] > 2 * GRAPH_STEP_MAX_ROWS:
             return None
         for c in kv:
             reserve_rows(c, n + 1)

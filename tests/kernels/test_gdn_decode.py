@@ -351,3 +351,28 @@ def test_decode_step_as_one_graph_after_an_image(metal_on_cpu, dense_vl_path, mo
     assert_rel_close(whole, segmented, 1e-5, "one-graph decode after an image vs segmented")
     hf_kwargs = {k: np.array(v) for k, v in inputs.items() if k != "input_ids"}
     assert toks == hf_greedy(load_hf(dense_vl_path), np.array(inputs["input_ids"]), n, **hf_kwargs)[0].tolist()
+
+
+def test_one_graph_step_limits(metal_on_cpu, dense_text_path, monkeypatch):
+    """The one-graph step declines GRAPH_STEP_MAX_ROWS cached rows or more, and buffers longer than twice that
+    (a cache trimmed back from a long prompt), and runs otherwise."""
+    from qwen35_mlx.model import qwen35
+    model, _ = load(dense_text_path, dtype="float32")
+    cache = model.make_cache()
+    with monkeypatch.context() as m:
+        m.setattr(_metal, "DISABLED", frozenset(_metal.KERNELS))
+        model(mx.array(np.random.default_rng(12).integers(0, 400, (1, 250))), cache=cache)
+    x = model.model.language_model.embed_tokens(mx.array([[3]]))
+    kv = [c for c in cache if hasattr(c, "trim")]
+    monkeypatch.setattr(qwen35, "GRAPH_STEP_MAX_ROWS", 120)
+    assert model._step_in_graph(x, cache, mx.array(250, mx.int32)) is None             # 250 rows cached
+    for c in kv:
+        c.trim(150)                                                                     # 100 rows in 256-row buffers
+    assert model._step_in_graph(x, cache, mx.array(100, mx.int32)) is None
+    monkeypatch.setattr(qwen35, "GRAPH_STEP_MAX_ROWS", 200)
+    mx.disable_compile()
+    try:
+        assert model._step_in_graph(x, cache, mx.array(100, mx.int32)) is not None
+    finally:
+        mx.enable_compile()
+    assert {c.offset for c in kv} == {101}
