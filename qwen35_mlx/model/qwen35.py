@@ -281,20 +281,31 @@ class Qwen35Model(nn.Module):
         whole = self._step_in_graph(x, cache, off)
         if whole is not None:
             return whole
+
+        def attend(i, q, k, v, gate):
+            k, v = cache[i].update_and_fetch(k, v)
+            return self.layers[i].self_attn.attend(q, k, v, None, cache[i], gate)
+        x, h, new = self._run_segments(self._segments(), x, off, lambda i: (cache[i].conv, cache[i].state), attend)
+        for i, (conv, state) in new.items():
+            cache[i].conv, cache[i].state = conv, state
+        return x, h
+
+    def _run_segments(self, segments, x, off, pair, attend):
+        """The decode step through `segments` (_segments'), each attention layer's cache write and attention
+        between them by attend(layer index, q, k, v, gate) -> its output. pair(i): GDN layer i's (conv, state).
+        -> (x, h, {GDN layer index: its new (conv, state)})."""
         h = out = None
-        for gdn, proj, fn in self._segments():
-            res = fn(x, h, out, off, *[a for i in gdn for a in (cache[i].conv, cache[i].state)])
-            for j, i in enumerate(gdn):
-                cache[i].conv, cache[i].state = res[1 + 2 * j], res[2 + 2 * j]
+        new = {}
+        for gdn, proj, fn in segments:
+            res = fn(x, h, out, off, *[a for i in gdn for a in pair(i)])
+            new.update((i, res[1 + 2 * j:3 + 2 * j]) for j, i in enumerate(gdn))
             x, rest = res[0], res[1 + 2 * len(gdn):]
             if proj is None:
                 h = rest[0]
             else:
                 h = None                                             # consumed by the projection's norm
-                q, k, v, gate = rest
-                k, v = cache[proj].update_and_fetch(k, v)
-                out = self.layers[proj].self_attn.attend(q, k, v, None, cache[proj], gate)
-        return x, h
+                out = attend(proj, *rest)
+        return x, h, new
 
     def _step_in_graph(self, x, cache, off):
         """The decode step as one compiled call, the KV caches' buffers passed in and out (written at the row
@@ -304,9 +315,12 @@ class Qwen35Model(nn.Module):
         grow (in steps of a quarter of their size: a few times over a long generation)."""
         layers = self.layers
         kv = [cache[i] for i, layer in enumerate(layers) if not layer.is_linear]
-        attn = [layer.self_attn for layer in layers if not layer.is_linear]
-        if not kv or any(type(c) is not KVCache or c.keys is None or c.keys.dtype != x.dtype or c.offset != kv[0].offset
-                         for c in kv) or any(a.decode_backend(x.dtype) is None for a in attn):
+        if not kv:
+            return None
+        attn = next(layer.self_attn for layer in layers if not layer.is_linear)    # all built from one config
+        if attn.decode_backend(x.dtype) is None or any(
+                type(c) is not KVCache or c.keys is None or c.keys.dtype != x.dtype or c.offset != kv[0].offset
+                for c in kv):
             return None
         n = kv[0].offset
         # (a cache trimmed back from a long prompt keeps its long buffers: segmented there too)
@@ -320,7 +334,7 @@ class Qwen35Model(nn.Module):
             fn = self.__dict__["_step_fn"] = (shapes, mx.compile(self._whole_step))
         arrays = [a for i, layer in enumerate(layers)
                   for a in ((cache[i].conv, cache[i].state) if layer.is_linear else (cache[i].keys, cache[i].values))]
-        at = mx.array(np.full((x.shape[0], attn[0].n_kv, 1, attn[0].head_dim), n, np.int32))   # the row to write
+        at = mx.array(np.full((x.shape[0], attn.n_kv, 1, attn.head_dim), n, np.int32))     # the row to write
         res = fn[1](x, off, at, mx.array([n + 1], mx.int32), *arrays)
         del arrays                                                   # the old buffers: the graph's alone, donated
         for i, layer in enumerate(layers):
@@ -333,22 +347,17 @@ class Qwen35Model(nn.Module):
         return res[0], res[1]
 
     def _whole_step(self, x, off, at, S, *arrays):
-        """_step_in_graph's traced function: the segments, with each attention layer's cache write and attention
-        between them. arrays: per layer in order, (conv, state) or (keys, values). -> (x, h, *new arrays)."""
-        h = out = None
-        new, i = [], 0
-        for gdn, proj, fn in self._segments(compiled=False):
-            res = fn(x, h, out, off, *arrays[2 * i:2 * (i + len(gdn))])
-            x, new, i = res[0], new + list(res[1:1 + 2 * len(gdn)]), i + len(gdn)
-            rest = res[1 + 2 * len(gdn):]
-            if proj is None:
-                h = rest[0]
-            else:
-                h = None
-                out, keys, values = self.layers[proj].self_attn.attend_in_graph(*rest, arrays[2 * i],
-                                                                                 arrays[2 * i + 1], at, S)
-                new, i = new + [keys, values], i + 1
-        return x, h, *new
+        """_step_in_graph's traced function. arrays: per layer in order, (conv, state) or (keys, values).
+        -> (x, h, *their new values, in that order)."""
+        pair = lambda i: arrays[2 * i:2 * i + 2]                          # noqa: E731
+        kv = {}
+
+        def attend(i, q, k, v, gate):
+            out, *kv[i] = self.layers[i].self_attn.attend_in_graph(q, k, v, gate, *pair(i), at, S)
+            return out
+        x, h, new = self._run_segments(self._segments(compiled=False), x, off, pair, attend)
+        new.update(kv)
+        return x, h, *[a for i in range(len(self.layers)) for a in new[i]]
 
     def _segments(self, compiled: bool = True) -> list:
         """[(GDN layers, attention layer projected at the end or None, segment)] covering the stack in order
