@@ -1,0 +1,147 @@
+"""GPU time of each kernel in one decode token, ours and mlx-lm's, as Nsight Compute (ncu) measures it: where
+the device's share of a decode step goes, kernel by kernel, apart from what the host adds around it.
+
+    python benchmarks/kernel_times.py [--prompt 1024] [--which ours mlx-lm] [--out FILE]
+
+Runs itself under ncu once per model (profiling only between cudaProfilerStart/Stop, around one token's eval
+after warm-up steps; clocks and caches left alone), then prints per kernel name: launches, total and mean us,
+and the sum over the token. ncu runs kernels one at a time, so the sum leaves out the gaps between launches and
+any overlap. Qwen3.5-0.8B configuration, random bf16 weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import ctypes
+import glob
+import io
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _profiler(on: bool):
+    """cudaProfilerStart/Stop through the CUDA runtime MLX loaded (or the driver's, with MLX's context current)."""
+    for lib, start, stop in (("libcudart.so.13", "cudaProfilerStart", "cudaProfilerStop"),
+                             ("libcuda.so.1", "cuProfilerStart", "cuProfilerStop")):
+        try:
+            f = getattr(ctypes.CDLL(lib), start if on else stop)
+        except OSError:
+            continue
+        rc = f()
+        if rc == 0:
+            return
+        print(f"{lib} {start if on else stop} returned {rc}", file=sys.stderr)
+    raise RuntimeError("could not switch the CUDA profiler")
+
+
+def child(which: str, T: int, warm: int):
+    """Prefill T tokens, decode `warm` tokens, then one token between profiler start and stop."""
+    import mlx.core as mx
+    from bench_model import build_mlx_lm, build_ours, hf_weights, run
+    from configs import QWEN35_0_8B
+    from qwen35_mlx.generate import default_prefill_chunk
+
+    weights = hf_weights(QWEN35_0_8B, mx.bfloat16)
+    if which == "ours":
+        model = build_ours(QWEN35_0_8B, weights, 0)
+        cache = model.make_cache()
+    else:
+        from mlx_lm.models.cache import make_prompt_cache
+        model = build_mlx_lm(QWEN35_0_8B, weights, 0)
+        cache = make_prompt_cache(model)
+    del weights
+    ids = mx.random.randint(0, QWEN35_0_8B["text_config"]["vocab_size"], (1, T))
+    logits = run(model, cache, ids, default_prefill_chunk())
+    tok = mx.argmax(logits, axis=-1)[:, None]                     # run() returns the last position's logits
+    for _ in range(warm):
+        tok = mx.argmax(model(tok, cache=cache)[:, -1], axis=-1)[:, None]
+        mx.eval(tok)
+    mx.synchronize()
+    _profiler(True)
+    tok = mx.argmax(model(tok, cache=cache)[:, -1], axis=-1)[:, None]
+    mx.eval(tok)
+    mx.synchronize()
+    _profiler(False)
+
+
+def ncu_binary() -> str:
+    found = shutil.which("ncu") or next(iter(sorted(glob.glob("/opt/nvidia/nsight-compute/*/ncu")) +
+                                             sorted(glob.glob("/usr/local/cuda*/bin/ncu"))), None)
+    if not found:
+        raise SystemExit("ncu not found")
+    return found
+
+
+def measure(which: str, T: int, warm: int) -> list[tuple[str, float]]:
+    """(kernel name, us) for each launch of one token, in order."""
+    cmd = [ncu_binary(), "--profile-from-start", "off", "--clock-control", "none", "--cache-control", "none",
+           "--metrics", "gpu__time_duration.sum", "--csv", "--page", "raw", "--print-units", "base",
+           sys.executable, __file__, "--child", which, "--prompt", str(T), "--warm", str(warm)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+    text = r.stdout
+    start = text.find('"ID"')
+    if r.returncode or start < 0:
+        raise SystemExit(f"ncu failed (rc {r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    rows = list(csv.DictReader(io.StringIO(text[start:])))
+    out = []
+    for row in rows:
+        v = row.get("gpu__time_duration.sum", "")
+        try:
+            ns = float(v.replace(",", ""))
+        except ValueError:
+            continue                                              # the units row
+        out.append((short_name(row["Kernel Name"]), ns / 1e3))
+    return out
+
+
+def short_name(name: str) -> str:
+    """A kernel's name without template arguments and MLX's type suffixes."""
+    name = name.split("(")[0].split("<")[0].strip()
+    for mark in ("custom_kernel_",):
+        if mark in name:
+            name = name.split(mark, 1)[1]
+            for t in ("_bfloat16", "_float", "_half", "_int"):
+                name = name.split(t)[0]
+    return name[:48]
+
+
+def summary(which: str, launches: list[tuple[str, float]]) -> list[str]:
+    by = collections.defaultdict(list)
+    for n, us in launches:
+        by[n].append(us)
+    total = sum(us for _, us in launches)
+    lines = [f"{which}: {len(launches)} launches, {total:.1f} us of kernel time in one token",
+             f"| kernel | launches | total us | mean us | share |", "|---|---:|---:|---:|---:|"]
+    for n, v in sorted(by.items(), key=lambda kv: -sum(kv[1])):
+        lines.append(f"| {n} | {len(v)} | {sum(v):.1f} | {sum(v) / len(v):.2f} | {sum(v) / total:.0%} |")
+    return lines
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--prompt", type=int, default=1024)
+    p.add_argument("--warm", type=int, default=4)
+    p.add_argument("--which", nargs="+", default=["ours", "mlx-lm"])
+    p.add_argument("--child")
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    if args.child:
+        return child(args.child, args.prompt, args.warm)
+    lines = [f"one decode token after a {args.prompt}-token prompt (ncu gpu__time_duration, kernels run one at a "
+             f"time)"]
+    for which in args.which:
+        lines += ["", *summary(which, measure(which, args.prompt, args.warm))]
+    print("\n".join(lines), flush=True)
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
