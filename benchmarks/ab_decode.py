@@ -1,16 +1,20 @@
-"""Decode A/B in one process: our model with gdn_decode taking the GDN output projection (per-head partial sums
-that norm_gemv adds: 18 launches a token fewer for the 0.8B) and without, and mlx-lm, on the same weights. Each
-variant prefills its own cache with the same prompt, then the variants take turns, --rounds runs of --decode
-tokens each, so drift within the process reaches all alike; each reports its median.
+"""Decode A/B in one process: this tree's model, the same model from other source trees (other commits), and
+mlx-lm, on the same weights. Each prefills its own cache with the same prompt, then they take turns, --rounds runs
+of --decode tokens each, so drift within the process reaches all alike; each reports its median.
 
-    python benchmarks/ab_decode.py [--prompt 1024 8192] [--decode 128] [--rounds 5]
+    python benchmarks/ab_decode.py [--trees DIR ...] [--prompt 1024 8192] [--decode 128] [--rounds 5]
 
+A tree is `mkdir DIR && git archive REV qwen35_mlx metal | tar -x -C DIR`. It is imported as a renamed copy of its
+package (DIR/qwen35_mlx_ab<i>, made here; its kernels read DIR/metal), so several versions live in one process.
 Qwen3.5-0.8B configuration, random bf16 weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -21,28 +25,35 @@ from bench_model import build_mlx_lm, build_ours, decode_ab, hf_weights  # noqa:
 from configs import QWEN35_0_8B  # noqa: E402
 
 
-class Switched:
-    """Our model with gdn_kernels.FUSE_OUT_PROJ set as given while it runs (the compiled decode step and segments
-    are traced with the switch, so each variant keeps its own)."""
+def tree_package(tree: Path, i: int) -> str:
+    """Copy tree/qwen35_mlx to tree/qwen35_mlx_ab<i> with its absolute self-imports renamed; returns the name."""
+    name = f"qwen35_mlx_ab{i}"
+    dst = tree / name
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(tree / "qwen35_mlx", dst)
+    for f in dst.rglob("*.py"):
+        f.write_text(re.sub(r"\bqwen35_mlx\b", name, f.read_text()))
+    sys.path.insert(0, str(tree))
+    importlib.invalidate_caches()
+    return name
 
-    def __init__(self, model, fuse: bool):
-        self.model, self.fuse, self.segments, self.step = model, fuse, None, None
-        self.make_cache = model.make_cache
 
-    def __call__(self, *a, **kw):
-        from qwen35_mlx.kernels import gdn_kernels
-        m = self.model
-        m.ensure_fused()
-        gdn_kernels.FUSE_OUT_PROJ = self.fuse
-        m.__dict__["_segment_fns"], m.__dict__["_step_fn"] = self.segments, self.step
-        try:
-            return m(*a, **kw)
-        finally:
-            self.segments, self.step = m.__dict__.get("_segment_fns"), m.__dict__.get("_step_fn")
+def build_tree(pkg: str, weights):
+    """bench_model.build_ours with the package `pkg`."""
+    config = importlib.import_module(f"{pkg}.config")
+    loading = importlib.import_module(f"{pkg}.loading")
+    qwen35 = importlib.import_module(f"{pkg}.model.qwen35")
+    c = config.Qwen35Config.from_dict({**QWEN35_0_8B, "vision_config": None})
+    model = qwen35.Qwen35Model(c)
+    w, _ = loading.sanitize(dict(weights), c, mlx_layout=False)
+    model.load_weights(list(w.items()), strict=True)
+    mx.eval(model.parameters())
+    return model
 
 
 def main(argv=None):
     p = argparse.ArgumentParser()
+    p.add_argument("--trees", nargs="*", default=[], type=Path)
     p.add_argument("--prompt", type=int, nargs="+", default=[1024, 8192])
     p.add_argument("--decode", type=int, default=128)
     p.add_argument("--rounds", type=int, default=5)
@@ -50,17 +61,19 @@ def main(argv=None):
     from mlx_lm.models.cache import make_prompt_cache
     from qwen35_mlx.generate import default_prefill_chunk
     weights = hf_weights(QWEN35_0_8B, mx.bfloat16)
-    ours = build_ours(QWEN35_0_8B, weights, 0)
+    models = {"this tree": build_ours(QWEN35_0_8B, weights, 0)}
+    for i, tree in enumerate(args.trees):
+        models[str(tree)] = build_tree(tree_package(tree.resolve(), i), weights)
     theirs = build_mlx_lm(QWEN35_0_8B, weights, 0)
     del weights
     chunk, vocab = default_prefill_chunk(), QWEN35_0_8B["text_config"]["vocab_size"]
     print(f"device {mx.default_device()}, mlx {mx.__version__}; decode tok/s, median of {args.rounds} runs of "
           f"{args.decode} tokens (each run's rate in brackets)", flush=True)
-    models = {name: (m, m.make_cache) for name, m in
-              (("ours, out_proj in gdn_decode", Switched(ours, True)), ("ours, out_proj apart", Switched(ours, False)))}
-    models["mlx-lm"] = (theirs, lambda: make_prompt_cache(theirs))
+    runs = {name: (m, m.make_cache) for name, m in models.items()}
+    runs["mlx-lm"] = (theirs, lambda: make_prompt_cache(theirs))
     for T in args.prompt:
-        decode_ab(models, T, chunk, vocab, args.decode, args.rounds)
+        decode_ab(runs, T, chunk, vocab, args.decode, args.rounds)
+
 
 if __name__ == "__main__":
     main()

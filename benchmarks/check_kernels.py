@@ -6,7 +6,7 @@ attention) against float64 on their kernel tests' shapes (their timing: bench_at
 block's add + norm + input projections) against float64, timed against the MLX ops it replaces. (The chunk
 kernels have their own: bench_gdn.py.)
 
-    python benchmarks/check_kernels.py [--only flash parts attn_decode norm_gemv norm attn_qk conv gdn_decode]
+    python benchmarks/check_kernels.py [--only flash gated attn_decode norm_gemv norm attn_qk conv gdn_decode]
 
 Each check JIT-builds its kernels on first use (seconds each on CUDA): --only keeps a short device session short.
 """
@@ -226,25 +226,19 @@ def check_gdn_decode():
           f"unfused {per_call(mx.compile(lambda *a: unfused(layer, *a)), x, conv, state):.3f} ms", flush=True)
 
 
-def check_parts():
-    """gdn_decode with the output projection (per-head partial sums) and norm_gemv summing parts: the tests'
-    checks (float64 references) on the GPU."""
-    import test_gdn_decode
-    for shape, (B, Hk, Hv, Dk, Dv) in SHAPES.items():
-        for dt in (mx.float32, mx.bfloat16):
-            layer = make_layer(Hk, Hv, Dk, Dv, dt, seed=list(SHAPES).index(shape) + 20, H=70)
-            _verdict(f"gdn_decode out parts {shape:28s} {str(dt):14s}",
-                     lambda: test_gdn_decode.check_out_parts(layer, *make_step(layer, B, dt, seed=21), dt, shape))
-    for dt in (mx.float32, mx.bfloat16):
-        _verdict(f"norm_gemv parts sum {str(dt):14s}", lambda: test_norm_gemv.check_parts(dt, gpu_backend()))
+def check_gated():
+    """norm_gemv's GDN output norm with out_proj (GATED): the tests' checks (float64 references) on the GPU; the
+    0.8B GDN mixer step as gdn_decode + norm_gemv, timed."""
+    for case in test_norm_gemv.GATED:
+        _verdict(f"norm_gemv gated {case:24s}", lambda: test_norm_gemv.check_gated(case, gpu_backend()))
     layer = make_layer(16, 16, 128, 128, mx.bfloat16, H=1024)
     x, conv, state = make_step(layer, 1, mx.bfloat16)
     layer.ensure_fused()
     row = layer._fused.joined(x)
-    apart = per_call(layer.mix_row, row, conv, state)
-    fused = per_call(lambda *a: layer.mix_row(*a, parts=True), row, conv, state)
-    print(f"GDN mixer step, 0.8B shape, bf16, chained: gdn_decode then out_proj {apart:.3f} ms, gdn_decode with the "
-          f"out_proj parts {fused:.3f} ms", flush=True)
+    y, _, _ = gdn_kernels.gdn_decode(row, conv, layer.conv1d.weight, layer.A_log, layer.dt_bias, state, Hk=16, Hv=16,
+                                     Dk=128, Dv=128, backend=gpu_backend())
+    print(f"GDN mixer step, 0.8B shape, bf16, chained: gdn_decode + norm_gemv {per_call(layer.mix_row, row, conv, state):.3f}"
+          f" ms; norm_gemv (gated + out_proj) alone {timed(lambda: layer.out_row(y, row)):.3f} ms", flush=True)
 
 
 def _verdict(name, check):
@@ -255,7 +249,7 @@ def _verdict(name, check):
         print(f"{name} FAIL {str(e)[:200]}", flush=True)
 
 
-CHECKS = {"flash": check_flash, "parts": check_parts, "attn_decode": check_attn_decode, "norm_gemv": check_norm_gemv,
+CHECKS = {"flash": check_flash, "gated": check_gated, "attn_decode": check_attn_decode, "norm_gemv": check_norm_gemv,
           "norm": check_norm, "attn_qk": check_attn_qk, "conv": check_conv, "gdn_decode": check_gdn_decode}
 
 

@@ -5,7 +5,7 @@ the device's share of a decode step goes, kernel by kernel, apart from what the 
 
 Runs itself under ncu once per model (profiling only between cudaProfilerStart/Stop, around one token's eval
 after warm-up steps; clocks and caches left alone), then prints per kernel name: launches, total and mean us,
-and the sum over the token. ncu runs kernels one at a time, so the sum leaves out the gaps between launches and
+and the sum over the token (--out: also every launch in order). ncu runs kernels one at a time, so the sum leaves out the gaps between launches and
 any overlap. Qwen3.5-0.8B configuration, random bf16 weights.
 """
 
@@ -118,7 +118,7 @@ def summary(which: str, launches: list[tuple[str, float]]) -> list[str]:
         by[n].append(us)
     total = sum(us for _, us in launches)
     lines = [f"{which}: {len(launches)} launches, {total:.1f} us of kernel time in one token",
-             f"| kernel | launches | total us | mean us | share |", "|---|---:|---:|---:|---:|"]
+             "| kernel | launches | total us | mean us | share |", "|---|---:|---:|---:|---:|"]
     for n, v in sorted(by.items(), key=lambda kv: -sum(kv[1])):
         lines.append(f"| {n} | {len(v)} | {sum(v):.1f} | {sum(v) / len(v):.2f} | {sum(v) / total:.0%} |")
     return lines
@@ -136,11 +136,15 @@ def main(argv=None):
         return child(args.child, args.prompt, args.warm)
     lines = [f"one decode token after a {args.prompt}-token prompt (ncu gpu__time_duration, kernels run one at a "
              f"time)"]
+    order = []
     for which in args.which:
-        lines += ["", *summary(which, measure(which, args.prompt, args.warm))]
+        launches = measure(which, args.prompt, args.warm)
+        lines += ["", *summary(which, launches)]
+        order += ["", f"{which}, launches in order (us):", *(f"{i:4d} {n:48s} {us:8.2f}" for i, (n, us) in
+                                                                enumerate(launches))]
     print("\n".join(lines), flush=True)
-    if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n")
+    if args.out:                                                   # with every launch, in order
+        Path(args.out).write_text("\n".join(lines + order) + "\n")
 
 
 if __name__ == "__main__":

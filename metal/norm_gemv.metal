@@ -1,11 +1,11 @@
-// norm_gemv: the first steps of a decode layer block in one launch: the residual add, the RMSNorm and the input
-// projections of one token (a matrix-vector product), where MLX ops take three or four launches, and decode on a
-// GPU pays per launch. Reference: rms_norm (qwen35_mlx/kernels/norm.py) then the matmul (then silu(g) * u), MLX ops.
-//   xn = InT(nw * rmsnorm(s)), s = InT(x + h) (ADD; s is written to res by threadgroup 0) or s = x
+// norm_gemv: a norm and the matrix-vector product after it, for one token, in one launch (MLX ops take three or
+// four, and decode on a GPU pays per launch). The norm is one of two. Reference: the norm (qwen35_mlx/kernels/
+// norm.py, rms_norm) then the matmul (then silu(g) * u), MLX ops.
+//   decoder RMSNorm: xn = InT(nw * rmsnorm(s)), s = InT(x + h) (ADD; s is written to res by threadgroup 0) or s = x
+//   GATED, the GDN output norm per head of DV channels: xn = InT(nw * x / rms(x) * silu(z)), x the scan's output,
+//     z at column ZO of the row of HS values in h (the layer's projection row: no copy to cut it out)
 //   y[n] = InT(W[n] . xn) for n < N, or with GLU y[n] = InT(silu(g) u), g = W[n] . xn, u = W[n + N] . xn
-// PARTS > 0: h is PARTS float32 partial sums per token, [M, PARTS, K], added in order (a GDN layer's output
-// projection as gdn_decode leaves it, one part per value head: the sum costs reads, not a launch).
-// x, h [M, K], nw [K] float32, W [N or 2 N, K] row-major (nn.Linear's weight), y [M, N], res [M, K].
+// x [M, K], nw [K] (GATED: [DV]) float32, W [N or 2 N, K] row-major (nn.Linear's weight), y [M, N], res [M, K].
 // Grid (NT * ceil(N / (NW R)), 1, M), threadgroup NT = 32 NW: each threadgroup normalises its token's row into
 // threadgroup memory (K values: cheap, and no launch in between), then simdgroup sg takes R outputs, a lane
 // reading VW weights of a row (16 bytes) per step, all R (GLU: 2 R) rows' loads of U steps issued together.
@@ -14,44 +14,72 @@ constexpr int VW = 16 / int(sizeof(InT));
 constexpr int U = 2;
 constexpr int SW = 32 * VW;                           // elements of a row per simdgroup step
 constexpr int NR = GLU ? 2 : 1;                       // weight rows per output
+constexpr int NG = GATED ? K / 4 : 1;                 // GATED: 4-channel groups (DV % 4 == 0: within one head)
+constexpr int NH = GATED ? K / DV : 1;
 const int m = int(tgid.z);
 const device InT* xr = x + (int64_t)m * K;
-const device auto* hr = h + (int64_t)m * (PARTS > 0 ? PARTS : 1) * K;   // InT rows, or float parts
 threadgroup InT xs[K];
 threadgroup float red[NW];
+threadgroup float gsq[NG];                            // GATED: each group's sum of squares, then ...
+threadgroup float hinv[NH];                           // ... each head's 1 / rms
 
-// 1. s = x (+ h), its sum of squares; then xn over s in place (each thread rescales only what it wrote).
-float ss = 0.0f;
-for (int i = 4 * int(tid); i < K; i += 4 * NT) {
-  float v[4];
-  vload<4>(v, xr + i);
-  if (ADD) {
-    float hv[4];
-    vload<4>(hv, hr + i);
-    for (int p = 1; p < PARTS; ++p) {
-      float hp[4];
-      vload<4>(hp, hr + (int64_t)p * K + i);
-      UNROLL for (int e = 0; e < 4; ++e) hv[e] += hp[e];
+if (GATED) {
+  // 1. the squares by group, summed by head (a thread per head); then xn in place.
+  const device InT* zr = h + (int64_t)m * HS + ZO;
+  for (int i = 4 * int(tid); i < K; i += 4 * NT) {
+    float v[4];
+    vload<4>(v, xr + i);
+    float ss = 0.0f;
+    UNROLL for (int e = 0; e < 4; ++e) {
+      xs[i + e] = static_cast<InT>(v[e]);
+      ss += v[e] * v[e];
+    }
+    gsq[i / 4] = ss;
+  }
+  BARRIER();
+  for (int hd = int(tid); hd < NH; hd += NT) {
+    float ss = 0.0f;
+    for (int g = hd * (DV / 4); g < (hd + 1) * (DV / 4); ++g) ss += gsq[g];
+    hinv[hd] = frsqrt(ss / float(DV) + eps[0]);
+  }
+  BARRIER();
+  for (int i = 4 * int(tid); i < K; i += 4 * NT) {
+    const float inv = hinv[i / DV];
+    UNROLL for (int e = 0; e < 4; ++e) {
+      const float zi = float(zr[i + e]);
+      xs[i + e] = static_cast<InT>(float(nw[(i + e) % DV]) * float(xs[i + e]) * inv * zi / (1.0f + fexp(-zi)));
+    }
+  }
+} else {
+  // 1. s = x (+ h), its sum of squares; then xn over s in place (each thread rescales only what it wrote).
+  const device InT* hr = h + (int64_t)m * K;
+  float ss = 0.0f;
+  for (int i = 4 * int(tid); i < K; i += 4 * NT) {
+    float v[4];
+    vload<4>(v, xr + i);
+    if (ADD) {
+      float hv[4];
+      vload<4>(hv, hr + i);
+      UNROLL for (int e = 0; e < 4; ++e) {
+        const InT s = static_cast<InT>(v[e] + hv[e]);
+        if (tgid.x == 0) res[(int64_t)m * K + i + e] = s;
+        v[e] = float(s);
+      }
     }
     UNROLL for (int e = 0; e < 4; ++e) {
-      const InT s = static_cast<InT>(v[e] + hv[e]);
-      if (tgid.x == 0) res[(int64_t)m * K + i + e] = s;
-      v[e] = float(s);
+      xs[i + e] = static_cast<InT>(v[e]);
+      ss += v[e] * v[e];
     }
   }
-  UNROLL for (int e = 0; e < 4; ++e) {
-    xs[i + e] = static_cast<InT>(v[e]);
-    ss += v[e] * v[e];
+  for (int k = 16; k >= 1; k >>= 1) ss += shfl_xor(ss, k);
+  if (lane == 0) red[sg] = ss;
+  BARRIER();
+  float total = 0.0f;
+  UNROLL for (int w = 0; w < NW; ++w) total += red[w];
+  const float inv = frsqrt(total / float(K) + eps[0]);
+  for (int i = 4 * int(tid); i < K; i += 4 * NT) {
+    UNROLL for (int e = 0; e < 4; ++e) xs[i + e] = static_cast<InT>(nw[i + e] * (float(xs[i + e]) * inv));
   }
-}
-for (int k = 16; k >= 1; k >>= 1) ss += shfl_xor(ss, k);
-if (lane == 0) red[sg] = ss;
-BARRIER();
-float total = 0.0f;
-UNROLL for (int w = 0; w < NW; ++w) total += red[w];
-const float inv = frsqrt(total / float(K) + eps[0]);
-for (int i = 4 * int(tid); i < K; i += 4 * NT) {
-  UNROLL for (int e = 0; e < 4; ++e) xs[i + e] = static_cast<InT>(nw[i + e] * (float(xs[i + e]) * inv));
 }
 BARRIER();
 

@@ -5,8 +5,8 @@ Prefill runs two launches per segment of tokens:
   gdn_chunk_scan  grid (NT*Dv/BV, Hv, B): walks the chunks with a [Dk, BV] slice of the state on chip,
                   writing y and the final state
 Decode and short runs (T < STEP_MAX_T) use gdn_step, which keeps the state in registers across the steps.
-A model's decode step (T = 1) runs gdn_decode instead: the whole mixer between its input and output projections
-(conv, q/k norms, gates, the step, gated norm) in one launch. Its prefill runs gdn_conv before the scan: the
+A model's decode step (T = 1) runs gdn_decode instead: the mixer between its input projections and its gated norm
+(conv, q/k norms, gates, the step) in one launch; the norm and out_proj follow in one norm_gemv. Its prefill runs gdn_conv before the scan: the
 conv, q/k norms and gates in one launch.
 Shapes a kernel cannot take go to gdn_chunked (prefill) or the token loop (decode): slower, never wrong.
 """
@@ -24,7 +24,7 @@ C = 64              # chunk length of the prefill kernels
 NT_PREP = 128       # threads per threadgroup: gdn_chunk_prep
 NT_SCAN = 256       # gdn_chunk_scan: 8 simdgroups, one phase-A task and one state row pair each at Dk=128
 NT_STEP = 64        # gdn_step
-NT_DECODE = 128     # gdn_decode: one threadgroup per value head
+NT_DECODE = 64      # gdn_decode: NT / step_lanes(Dk) state rows per threadgroup (16 at Dk = 128)
 CONV_TPG = 16       # gdn_conv: tokens per run (one simdgroup per run of tokens and head)
 CONV_SPT = 1        # gdn_conv: simdgroups (head slots) per threadgroup (H100: 2 and 4 were slower)
 STEP_MAX_T = 16     # below this many steps the recurrent kernel beats the two chunk launches
@@ -185,48 +185,33 @@ def decode_backend(Dk: int, conv_kernel: int) -> str | None:
     return gpu_backend()
 
 
-FUSE_OUT_PROJ = True          # gdn_decode may take the output projection (off: the A/B of benchmarks)
-
-
-def out_fusable(w_out, dtype, Hv: int, Dv: int) -> bool:
-    """Whether gdn_decode can take the output projection w_out [HO, Hv Dv] too: a plain weight in the activation
-    dtype, a head's columns whole 4-byte words (a lane reads one to four of them at a time)."""
-    return FUSE_OUT_PROJ and w_out.dtype == dtype and w_out.ndim == 2 and w_out.shape[1] == Hv * Dv \
-        and Dv * dtype.size % 4 == 0
-
-
-def gdn_decode(proj, conv, conv_w, A_log, dt_bias, norm_w, state, eps: float, *, Hk: int, Hv: int, Dk: int,
-               Dv: int, backend: str, w_out=None):
-    """One decode step of a GDN mixer after its projections, fused (metal/gdn_decode.metal).
+def gdn_decode(proj, conv, conv_w, A_log, dt_bias, state, *, Hk: int, Hv: int, Dk: int, Dv: int, backend: str):
+    """One decode step of a GDN mixer after its projections, up to its gated norm, fused (metal/gdn_decode.metal).
 
     proj [B, P] or [B, 1, P]: the input projections side by side, [qkv | z | b | a] with qkv the flat [q | k | v]
     (2 Hk Dk + Hv Dv), z (Hv Dv), b and a (Hv each); conv [B, K-1, 2 Hk Dk + Hv Dv] history, conv_w [same, K] or
-    Conv1d's own [same, K, 1], A_log and dt_bias [Hv], norm_w [Dv], state [B, Hv, Dv, Dk] float32. (Both shapes
-    are the same buffers: the kernel reads them flat, and a decode step's graph gets no view nodes to take them,
-    each of which costs host time on every token.)
-    Returns (y [B, Hv Dv] gated-normed in proj's dtype, [B, 1, Hv Dv] for a [B, 1, P] proj, new conv history, new
-    state); with w_out [HO, Hv Dv] (the output projection, see out_fusable) y is instead its per-head partial sums
-    [B, Hv, HO] float32, summed by norm_gemv(parts=True)."""
+    Conv1d's own [same, K, 1], A_log and dt_bias [Hv], state [B, Hv, Dv, Dk] float32. (Both shapes are the same
+    buffers: the kernel reads them flat, and a decode step's graph gets no view nodes to take them, each of which
+    costs host time on every token.)
+    Returns (y [B, Hv Dv] in proj's dtype, [B, 1, Hv Dv] for a [B, 1, P] proj: the rule's output before the gated
+    norm; new conv history; new state)."""
     B, P = proj.shape[0], proj.shape[-1]
     C = 2 * Hk * Dk + Hv * Dv
     if proj.ndim not in (2, 3) or proj.size != B * P or P != C + Hv * Dv + 2 * Hv:
         raise ValueError(f"gdn_decode: projection row {tuple(proj.shape)}; expected [B, (1,) {C + Hv * Dv + 2 * Hv}]")
     if conv_w.ndim not in (2, 3) or conv_w.shape[0] != C or conv_w.shape[2:] not in ((), (1,)):
         raise ValueError(f"gdn_decode: conv weight {tuple(conv_w.shape)}; expected [{C}, K] or [{C}, K, 1]")
-    if w_out is not None and not out_fusable(w_out, proj.dtype, Hv, Dv):
-        raise ValueError(f"gdn_decode: an output projection {tuple(w_out.shape)} {w_out.dtype} it cannot take")
     K = conv_w.shape[1]
-    HO = 0 if w_out is None else w_out.shape[0]
-    y_shape, y_dtype = ((B, Hv, HO), mx.float32) if HO else ((*proj.shape[:-1], Hv * Dv), proj.dtype)
+    L = step_lanes(Dk)
+    split = -(-Dv // (NT_DECODE // L))                       # threadgroups per value head
     out = _metal.kernel("gdn_decode", backend)(
-        inputs=[proj, conv.astype(proj.dtype), conv_w, A_log, dt_bias, norm_w, state.astype(mx.float32),
-                _metal.f32_scalar(eps), proj if w_out is None else w_out],      # without OUT w_out is unread
-        template=[("InT", proj.dtype), ("OutT", y_dtype), ("Dk", Dk), ("Dv", Dv), ("Hk", Hk), ("Hv", Hv), ("K", K),
-                  ("L", step_lanes(Dk)), ("NT", NT_DECODE), ("OUT", HO > 0), ("HO", HO)],
-        grid=(NT_DECODE, Hv, B),
+        inputs=[proj, conv.astype(proj.dtype), conv_w, A_log, dt_bias, state.astype(mx.float32)],
+        template=[("InT", proj.dtype), ("Dk", Dk), ("Dv", Dv), ("Hk", Hk), ("Hv", Hv), ("K", K), ("L", L),
+                  ("NT", NT_DECODE)],
+        grid=(NT_DECODE, Hv * split, B),
         threadgroup=(NT_DECODE, 1, 1),
-        output_shapes=[y_shape, (B, K - 1, C), (B, Hv, Dv, Dk)],
-        output_dtypes=[y_dtype, proj.dtype, mx.float32],
+        output_shapes=[(*proj.shape[:-1], Hv * Dv), (B, K - 1, C), (B, Hv, Dv, Dk)],
+        output_dtypes=[proj.dtype, proj.dtype, mx.float32],
     )
     return out[0], out[1], out[2]
 

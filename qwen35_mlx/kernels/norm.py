@@ -73,39 +73,43 @@ GEMV_R = 4                    # ... of 4 outputs each
 GEMV_MAX_BYTES = 16384        # the normalised row in threadgroup memory (Metal has 32 KiB)
 
 
-def gemv_backend(x, w) -> str | None:
+def gemv_backend(x, w, gate=None, head: int = 0) -> str | None:
     """The backend norm_gemv runs on here for rows x [..., K] and an unquantized weight w [N, K] of x's dtype, or
     None: no GPU kernel backend, switched off, quantized or mixed weights, or K past what it takes (a multiple of
-    16 bytes, the row within GEMV_MAX_BYTES)."""
+    16 bytes, the row within GEMV_MAX_BYTES). With gate (GATED): also heads of a multiple of 4 channels that
+    divide K, and a gate of x's dtype."""
     K = x.shape[-1]
     if (w is None or w.dtype != x.dtype or w.ndim != 2 or w.shape[1] != K or (K * x.dtype.size) % 16
             or K * x.dtype.size > GEMV_MAX_BYTES or not _metal.enabled("norm_gemv")):
         return None
+    if gate is not None and (head <= 0 or head % 4 or K % head or gate.dtype != x.dtype):
+        return None
     return gpu_backend()
 
 
-def norm_gemv(x, weight, eps: float, w, residual=None, *, glu: bool = False, parts: bool = False, backend: str):
+def norm_gemv(x, weight, eps: float, w, residual=None, *, glu: bool = False, gate=None, gate_at: int = 0,
+              head: int = 0, backend: str):
     """RMSNorm of x [..., K] (with `residual`: of residual + x, rounded to x's dtype) then the product with w
     [N, K] (w @ row for each row), in one launch. glu: w holds [gate; up] (2 N rows) and the result is
     silu(gate) * up, [..., N]. Returns y (and, with residual, the sum residual + x).
-    parts: x is float32 partial sums [B, P, K] of what is added to residual [B, 1, K] (gdn_decode's output
-    projection, one part per head); the sum is residual + (their float32 sum), rounded once."""
+    gate: the GDN output norm instead, per head of `head` channels, weight [head]: weight * x / rms(x) * silu(z)
+    with z = gate[..., gate_at:gate_at + K] (a GDN layer's projection row, read in place; one row per row of x)."""
     K = x.shape[-1]
     N = w.shape[0] // 2 if glu else w.shape[0]
     add = residual is not None
-    if parts and (not add or x.ndim != 3 or x.dtype != mx.float32 or residual.shape != (x.shape[0], 1, K)):
-        raise ValueError(f"norm_gemv: parts {tuple(x.shape)} {x.dtype} for a residual of "
-                         f"{None if residual is None else tuple(residual.shape)}")
-    parts = x.shape[1] if parts else 0
-    rows = residual if parts else x
-    M = rows.size // K
+    M = x.size // K
+    gated = gate is not None
+    if gated and (add or gate.size != M * gate.shape[-1] or gate.shape[-1] < gate_at + K or K % head):
+        raise ValueError(f"norm_gemv: gate {tuple(gate.shape)} at {gate_at} for rows {tuple(x.shape)} of heads "
+                         f"of {head}" + (" with a residual" if add else ""))
     y, res = _metal.kernel("norm_gemv", backend)(
-        inputs=[residual if add else x, x, weight, w, _metal.f32_scalar(float(eps))],
-        template=[("InT", rows.dtype), ("K", K), ("N", N), ("NT", GEMV_NT), ("R", GEMV_R), ("ADD", add),
-                  ("GLU", glu), ("PARTS", parts)],
+        inputs=[residual if add else x, gate if gated else x, weight, w, _metal.f32_scalar(float(eps))],
+        template=[("InT", x.dtype), ("K", K), ("N", N), ("NT", GEMV_NT), ("R", GEMV_R), ("ADD", add),
+                  ("GLU", glu), ("GATED", gated), ("DV", head if gated else 4), ("ZO", gate_at),
+                  ("HS", gate.shape[-1] if gated else K)],
         grid=(GEMV_NT * -(-N // (GEMV_NT // 32 * GEMV_R)), 1, M),
         threadgroup=(GEMV_NT, 1, 1),
-        output_shapes=[(*rows.shape[:-1], N), rows.shape if add else (1,)],
-        output_dtypes=[rows.dtype, rows.dtype],
+        output_shapes=[(*x.shape[:-1], N), x.shape if add else (1,)],
+        output_dtypes=[x.dtype, x.dtype],
     )
     return (y, res) if add else y

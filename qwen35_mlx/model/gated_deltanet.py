@@ -7,6 +7,7 @@ import mlx.nn as nn
 from ..config import TextConfig
 from ..kernels import gdn_kernels
 from ..kernels.gdn import gated_delta
+from ..kernels.norm import gemv_backend, norm_gemv
 from .fused import DecodeFusion
 from .norms import GatedRMSNorm
 
@@ -123,19 +124,26 @@ class GatedDeltaNet(DecodeFusion, nn.Module):
         return T == 1 and conv is not None and state is not None and \
             gdn_kernels.decode_backend(self.Dk, self.K) is not None
 
-    def mix_row(self, proj, conv, state, parts: bool = False):
-        """mix (see above) of one token from its projection row [B, 1, P] = [qkv | z | b | a]: everything up to
-        out_proj in one gdn_decode launch. parts (where out_parts allows): out_proj in that launch too, the output
-        left as per-head float32 partial sums [B, Hv, H] for norm_gemv(parts=True) to add."""
+    def mix_row(self, proj, conv, state):
+        """mix (see above) of one token from its projection row [B, 1, P] = [qkv | z | b | a]: up to the gated norm
+        in one gdn_decode launch, the norm and out_proj in one more (out_row)."""
         y, conv, state = gdn_kernels.gdn_decode(
-            proj, conv, self.conv1d.weight, self.A_log, self.dt_bias, self.norm.weight, state,
-            self.norm.eps, Hk=self.Hk, Hv=self.Hv, Dk=self.Dk, Dv=self.Dv,
-            backend=gdn_kernels.decode_backend(self.Dk, self.K), w_out=self.out_proj.weight if parts else None)
-        return (y if parts else self.row("out_proj", y)), conv, state
+            proj, conv, self.conv1d.weight, self.A_log, self.dt_bias, state, Hk=self.Hk, Hv=self.Hv, Dk=self.Dk,
+            Dv=self.Dv, backend=gdn_kernels.decode_backend(self.Dk, self.K))
+        return self.out_row(y, proj), conv, state
 
-    def out_parts(self, dtype) -> bool:
-        """Whether mix_row can leave out_proj's output as partial sums (a plain weight of the activation dtype)."""
-        return "bias" not in self.out_proj and gdn_kernels.out_fusable(self.out_proj.weight, dtype, self.Hv, self.Dv)
+    def out_row(self, y, proj):
+        """out_proj(norm(y, z)) of one token, y [B, 1, Hv Dv] before the gated norm and z read from the projection
+        row: one norm_gemv launch where it runs (a plain weight of y's dtype), else the norm then the matmul."""
+        C = 2 * self.key_dim + self.value_dim
+        w = self.out_proj.weight if type(self.out_proj) is nn.Linear and "bias" not in self.out_proj else None
+        backend = gemv_backend(y, w, proj, self.Dv)
+        if backend:
+            return norm_gemv(y, self.norm.weight, self.norm.eps, w, gate=proj, gate_at=C, head=self.Dv,
+                             backend=backend)
+        heads = (*y.shape[:-1], self.Hv, self.Dv)
+        yn = self.norm(y.reshape(heads), proj[..., C:C + self.value_dim].reshape(heads))
+        return self.row("out_proj", yn.reshape(y.shape))
 
     def conv_gates(self, qkv, conv, a, b):
         """The conv, q/k norms and gates in MLX ops (gdn_conv's reference): -> q, k, v, g, beta, new history."""

@@ -67,28 +67,28 @@ class DecoderLayer(nn.Module):
             return self.input_layernorm(x), x
         return self.input_layernorm.residual(x, h)
 
-    def _norm_row(self, x, h, norm, fused, glu=False, parts=False):
+    def _norm_row(self, x, h, norm, fused, glu=False):
         """decode: (the fused projections `fused` of norm(x + h) as one row, the stream x + h). One norm_gemv
         launch where it runs (add, norm and matrix-vector product), else the norm then the matmul (with glu:
-        silu(gate) * up of the [gate; up] row). parts: h is gdn_decode's partial sums (norm_gemv must run)."""
+        silu(gate) * up of the [gate; up] row)."""
         w = fused.dense_weight()
         backend = gemv_backend(x, w)
         if backend:
             if h is None:
                 return norm_gemv(x, norm.weight, norm.eps, w, glu=glu, backend=backend), x
-            return norm_gemv(h, norm.weight, norm.eps, w, residual=x, glu=glu, parts=parts, backend=backend)
+            return norm_gemv(h, norm.weight, norm.eps, w, residual=x, glu=glu, backend=backend)
         n, x = (norm(x), x) if h is None else norm.residual(x, h)
         if glu:
             gate, up = fused(n)
             return nn.silu(gate) * up, x
         return fused.joined(n), x
 
-    def _mlp_block(self, x, out, parts=False):
+    def _mlp_block(self, x, out):
         """The residual add of the mixer output, then the MLP: -> (stream, MLP output), the pair the next
-        layer adds. parts: out is gdn_decode's partial sums (only where _mlp_row says norm_gemv runs)."""
+        layer adds."""
         fused = self._decode_mlp(x)
         if fused is not None:                                                     # decode: fused gate/up
-            act, x = self._norm_row(x, out, self.post_attention_layernorm, fused, glu=True, parts=parts)
+            act, x = self._norm_row(x, out, self.post_attention_layernorm, fused, glu=True)
             return x, self.mlp.row("down_proj", act)
         n, x = self.post_attention_layernorm.residual(x, out)
         return x, self.mlp(n)
@@ -102,20 +102,13 @@ class DecoderLayer(nn.Module):
     def linear_step(self, x, h, conv, state):
         """decode, one GDN layer: (x, h, conv history, state) -> (x, h, new conv history, new state)."""
         a = self.linear_attn
-        parts = False
         if a.row_kernel(1, conv, state) and a._fused is not None:
             row, x = self._norm_row(x, h, self.input_layernorm, a._fused)
-            parts = self._mlp_row(x) and a.out_parts(x.dtype)      # out_proj inside gdn_decode, summed by norm_gemv
-            out, conv, state = a.mix_row(row, conv, state, parts=parts)
+            out, conv, state = a.mix_row(row, conv, state)
         else:
             n, x = self._norm_in(x, h)
             out, conv, state = a.mix(n, conv, state)
-        return *self._mlp_block(x, out, parts), conv, state
-
-    def _mlp_row(self, x) -> bool:
-        """decode: whether the MLP's norm and gate/up projections run as one norm_gemv launch here."""
-        fused = self._decode_mlp(x)
-        return fused is not None and gemv_backend(x, fused.dense_weight()) is not None
+        return *self._mlp_block(x, out), conv, state
 
     def ensure_fused(self) -> list:
         """Fused decode projections, built on the first decode step, rebuilt where weights were replaced since.

@@ -108,39 +108,12 @@ def test_decode_kernel_on_fused_projections(metal_on_cpu, monkeypatch, dtype):
     check(layer, *make_step(layer, 2, dtype, seed=12), monkeypatch, dtype, "fused projections")
 
 
-def check_out_parts(layer, x, conv, state, dtype, name):
-    """gdn_decode with the output projection (OUT): per-head partial sums [B, Hv, H] whose sum is out_proj of the
-    normed output, against float64 on the kernel's own normed output (y from the launch without OUT, so only the
-    projection and its split by head are under test here; the rest is checked above). Conv and state as without."""
-    B = x.shape[0]
-    row = layer._fused.joined(x) if layer._fused is not None else mx.concatenate(
-        [layer.in_proj_qkv(x), layer.in_proj_z(x), layer.in_proj_b(x), layer.in_proj_a(x)], axis=-1)
-    y, conv1, state1 = layer.mix_row(row, conv, state)                 # out_proj(y) by MLX: y is in y's graph
-    yn = gdn_kernels.gdn_decode(row[:, 0], conv, layer.conv1d.weight[:, :, 0], layer.A_log, layer.dt_bias,
-                                layer.norm.weight, state, layer.norm.eps, Hk=layer.Hk, Hv=layer.Hv, Dk=layer.Dk,
-                                Dv=layer.Dv, backend=gdn_kernels.decode_backend(layer.Dk, layer.K))[0]
-    assert layer.out_parts(dtype)
-    parts, conv2, state2 = layer.mix_row(row, conv, state, parts=True)
-    H = layer.out_proj.weight.shape[0]
-    assert parts.shape == (B, layer.Hv, H) and parts.dtype == mx.float32, name
-    w = np.asarray(layer.out_proj.weight.astype(mx.float32), np.float64).reshape(H, layer.Hv, layer.Dv)
-    yh = np.asarray(yn.astype(mx.float32), np.float64).reshape(B, layer.Hv, layer.Dv)
-    ref = np.einsum("nhd,bhd->bhn", w, yh)
-    assert_rel_close(parts, ref, 1e-5, f"{name} out_proj parts")
-    # and their sum is what the layer's out_proj makes of y (the head split is its column split); 1e-3 for float32:
-    # MLX's float32 matmul on CUDA is off by up to 3e-4 at some of these shapes (TF32-like; measured on an H100)
-    assert_rel_close(parts.sum(1, keepdims=True).astype(mx.float32), y.astype(mx.float32),
-                     max(TOL[dtype][0], 1e-3), f"{name} parts sum against out_proj")
-    assert mx.array_equal(conv1, conv2).item() and mx.array_equal(state1, state2).item(), name
-
-
-@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
-def test_out_projection_parts(metal_on_cpu, shape, dtype):
-    """One to four 4-byte words per lane and step (Dv 40 .. 200), hidden sizes not a multiple of a step's rows."""
-    B, Hk, Hv, Dk, Dv = SHAPES[shape]
-    layer = make_layer(Hk, Hv, Dk, Dv, dtype, seed=list(SHAPES).index(shape) + 20, H=70)
-    check_out_parts(layer, *make_step(layer, B, dtype, seed=21), dtype, shape)
+def test_without_norm_gemv(metal_on_cpu, monkeypatch):
+    """norm_gemv switched off (or a quantized out_proj): the gated norm (rms_norm) and out_proj run apart after
+    gdn_decode, same numbers."""
+    monkeypatch.setattr(_metal, "DISABLED", frozenset({"norm_gemv"}))
+    layer = make_layer(1, 3, 32, 200, mx.float32, seed=15)
+    check(layer, *make_step(layer, 2, mx.float32, seed=16), monkeypatch, mx.float32, "norm_gemv off")
 
 
 def test_row_and_weight_taken_as_the_layer_holds_them(metal_on_cpu):
@@ -151,8 +124,8 @@ def test_row_and_weight_taken_as_the_layer_holds_them(metal_on_cpu):
     x, conv, state = make_step(layer, 2, mx.float32, seed=14)
     layer.ensure_fused()
     row = layer._fused.joined(x)
-    run = lambda r, w: gdn_kernels.gdn_decode(r, conv, w, layer.A_log, layer.dt_bias, layer.norm.weight, state,
-                                             layer.norm.eps, Hk=2, Hv=4, Dk=32, Dv=48, backend="metal")
+    run = lambda r, w: gdn_kernels.gdn_decode(r, conv, w, layer.A_log, layer.dt_bias, state, Hk=2, Hv=4, Dk=32,
+                                             Dv=48, backend="metal")
     flat, held = run(row[:, 0], layer.conv1d.weight[:, :, 0]), run(row, layer.conv1d.weight)
     assert held[0].shape == (2, 1, 4 * 48) and flat[0].shape == (2, 4 * 48)
     for a, b in zip(flat, held):
@@ -172,23 +145,17 @@ def test_unsupported_shape_runs_mlx_ops(metal_on_cpu):
 # ---- planted bugs: each must make the check above fail ------------------------------------------
 
 PLANTED = {  # id: (exact text in gdn_decode.metal, replacement, (Hk, Hv, Dk, Dv))
-    # at Dk = 32 < NT the norms read q/k channels other threads convolved (at Dk = 128 each thread reads its own,
-    # and that barrier is redundant: the emulator rightly passes it there)
+    # at Dk = 32 < NT the norms read q/k channels other threads convolved
     "dropped-barrier-after-conv": ("  }\n}\nBARRIER();\n\n// 2.", "  }\n}\n\n// 2.", (2, 4, 32, 48)),
-    "dropped-barrier-before-norm-sum": ("if (lane == 0) red[sg] = py;\nBARRIER();", "if (lane == 0) red[sg] = py;",
-                                        (1, 2, 128, 128)),
-    "norm-sum-off-by-one": ("for (int i = int(tid); i < Dv; i += NT) py +=",
-                            "for (int i = int(tid); i < Dv - 1; i += NT) py +=", (1, 2, 128, 128)),
+    "dropped-barrier-before-norms": ("  red[NSG + sg] = pk;\n}\nBARRIER();", "  red[NSG + sg] = pk;\n}", (1, 2, 128, 128)),
     "history-not-shifted": ("hout[j * CONV_DIM + c] = hin[(j + 1) * CONV_DIM + c]",
                             "hout[j * CONV_DIM + c] = hin[j * CONV_DIM + c]", (1, 2, 128, 128)),
     "half-row-reduction": ("UNROLL for (int m = 1; m < L; m <<= 1) kv +=",
                            "UNROLL for (int m = 1; m < L / 2; m <<= 1) kv +=", (1, 2, 128, 128)),
-}
-PLANTED_OUT = {  # the output projection stage (OUT)
-    "out-barrier-dropped": ("  BARRIER();\n  float yv[NCH][EPN];", "  float yv[NCH][EPN];", (2, 4, 32, 48)),
-    "out-last-rows-skipped": ("for (int n0 = int(sg) * RO; n0 < HO;", "for (int n0 = int(sg) * RO; n0 < HO - RO;",
-                              (1, 2, 128, 128)),
-    "out-head-columns": ("const device InT* wb = w_out + hv * Dv;", "const device InT* wb = w_out;", (1, 2, 128, 128)),
+    "v-of-the-first-block": ("2 * KEY_DIM + hv * Dv + r0 + i - 2 * Dk", "2 * KEY_DIM + hv * Dv + i - 2 * Dk",
+                             (1, 2, 128, 128)),
+    "last-block-rows-dropped": ("const bool row = dv < Dv;", "const bool row = dv < Dv && dv < SPLIT * RB - RB;",
+                                (1, 3, 32, 200)),
 }
 
 
@@ -199,15 +166,6 @@ def test_planted_bug_is_caught(metal_on_cpu, monkeypatch, bug):
     args = make_step(layer, 2, mx.float32, seed=6)
     assert_caught(monkeypatch, "gdn_decode.metal", text, replacement,
                   lambda: check(layer, *args, monkeypatch, mx.float32, bug))
-
-
-@pytest.mark.parametrize("bug", list(PLANTED_OUT), ids=list(PLANTED_OUT))
-def test_planted_out_bug_is_caught(metal_on_cpu, monkeypatch, bug):
-    text, replacement, shape = PLANTED_OUT[bug]
-    layer = make_layer(*shape, mx.float32, seed=5, H=70)
-    args = make_step(layer, 2, mx.float32, seed=6)
-    assert_caught(monkeypatch, "gdn_decode.metal", text, replacement,
-                  lambda: check_out_parts(layer, *args, mx.float32, bug))
 
 
 # ---- the whole model on the kernel path ------------------------------------------------------------
@@ -225,14 +183,14 @@ def test_model_on_kernel_path_matches_transformers(metal_on_cpu, dense_text_path
     assert launched == {"gdn_chunk_prep", "gdn_chunk_scan", "gdn_conv", "gdn_decode", "rms_norm", "attn_qk",
                         "attn_decode", "attn_decode_combine", "norm_gemv"}, launched
     norms = {(t["ADD"], t["GATE"]) for n, t in launched.templates if n == "rms_norm"}
-    assert {(False, True), (True, False)} <= norms, norms        # the GDN output norm; residual add + norm
-    assert any(t["OUT"] for n, t in launched.templates if n == "gdn_decode")      # out_proj inside gdn_decode ...
-    assert {t["PARTS"] for n, t in launched.templates if n == "norm_gemv"} >= {0, 4}   # ... its 4 head parts summed
+    assert {(False, True), (True, False)} <= norms, norms        # the GDN output norm (prefill); residual add + norm
+    gemv = {(t["ADD"], t["GLU"], t["GATED"]) for n, t in launched.templates if n == "norm_gemv"}
+    assert gemv >= {(True, False, False), (True, True, False), (False, False, True)}, gemv   # decode: in, MLP, out
 
 
-def test_model_without_norm_gemv_keeps_out_proj_apart(metal_on_cpu, dense_text_path, monkeypatch, launched):
-    """With norm_gemv switched off nothing would add gdn_decode's partial sums: the decode step keeps out_proj as
-    its own matmul (gdn_decode without OUT) and still matches transformers."""
+def test_model_without_norm_gemv(metal_on_cpu, dense_text_path, monkeypatch, launched):
+    """With norm_gemv switched off the decode step runs the norms (rms_norm) and projections apart and still
+    matches transformers."""
     monkeypatch.setattr(_metal, "DISABLED", frozenset({"norm_gemv"}))
     model, _ = load(dense_text_path, dtype="float32")
     mx.disable_compile()
@@ -241,7 +199,7 @@ def test_model_without_norm_gemv_keeps_out_proj_apart(metal_on_cpu, dense_text_p
     finally:
         mx.enable_compile()
     assert "gdn_decode" in launched and "norm_gemv" not in launched, launched
-    assert not any(t["OUT"] for n, t in launched.templates if n == "gdn_decode")
+
 
 
 def test_bf16_model_on_kernel_path(metal_on_cpu, dense_text_path, monkeypatch, launched):

@@ -1,7 +1,7 @@
-"""The fused residual add + RMSNorm + projection of a decode step (metal/norm_gemv.metal) through the CPU
-emulator: against float64 NumPy on the same rounded inputs (the normalised row rounded to the activation dtype,
-as the MLX ops feed their matmul), plain and SwiGLU (silu(gate) * up), rows of the output not a multiple of a
-threadgroup's, two tokens; planted bugs.
+"""The fused norm + projection of a decode step (metal/norm_gemv.metal) through the CPU emulator: against float64
+NumPy on the same rounded inputs (the normalised row rounded to the activation dtype, as the MLX ops feed their
+matmul); the residual add + RMSNorm, plain and SwiGLU (silu(gate) * up), rows of the output not a multiple of a
+threadgroup's, two tokens; the GDN output norm per head (GATED) with out_proj; planted bugs.
 """
 
 import mlx.core as mx
@@ -59,32 +59,58 @@ def test_kernel_matches_reference(metal_on_cpu, case):
     check(case, seed=len(case))
 
 
-@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["fp32", "bf16"])
-def test_partial_sums(metal_on_cpu, dtype):
-    """parts: what is added is float32 partial sums [B, P, K] (gdn_decode's output projection by head), summed in
-    float32 and rounded once: s = dtype(x + sum of parts). Two tokens, 5 parts, GLU."""
-    check_parts(dtype, "metal")
+GATED = {  # id: (M, heads, head dim, N, dtype)
+    "bf16-0.8b-head-2tok": (2, 4, 128, 70, mx.bfloat16),
+    "fp32-dv40-3heads": (1, 3, 40, 45, mx.float32),       # K = 120: a head not a whole simdgroup's groups
+}
 
 
-def check_parts(dtype, backend):
-    B, P, K, N = 2, 5, 512, 70
-    rng = np.random.default_rng(3)
-    x, _, nw, w = make(B, K, N, True, dtype, seed=9)
-    parts = mx.array(rng.standard_normal((B, P, K)).astype(np.float32))
-    y, res = norm.norm_gemv(parts, nw, 1e-6, w, residual=x, glu=True, parts=True, backend=backend)
-    total = np.asarray(x.astype(mx.float32), np.float64) + np.asarray(parts, np.float64).sum(1, keepdims=True)
-    s = mx.array(total.astype(np.float32)).astype(dtype)
-    assert res.shape == x.shape and y.shape == (B, 1, N)
-    assert_rel_close(res.astype(mx.float32), s.astype(mx.float32), 1e-6 if dtype == mx.float32 else 4e-3, "sum")
-    ref_y, _ = reference(s, None, nw, w, 1e-6, True, False)
-    assert_rel_close(y.astype(mx.float32), ref_y, TOL[dtype], "y over the summed parts")
-    with pytest.raises(ValueError, match="parts"):
-        norm.norm_gemv(parts, nw, 1e-6, w, glu=True, parts=True, backend=backend)      # parts need a residual
+def reference_gated(y, z, nw, w, eps, head):
+    """out_proj of the GDN output norm per head: nw * y / rms(y) * silu(z), rounded to the dtype, in float64."""
+    f64 = lambda a: np.asarray(a.astype(mx.float32), np.float64)            # noqa: E731
+    M, K = y.shape[0], y.shape[-1]
+    f, zf = f64(y).reshape(M, K // head, head), f64(z).reshape(M, K // head, head)
+    xn = f64(nw) * f / np.sqrt((f * f).mean(-1, keepdims=True) + eps) * zf / (1 + np.exp(-zf))
+    xn = f64(mx.array(xn.reshape(M, 1, K).astype(np.float32)).astype(y.dtype))
+    return xn @ f64(w).T
 
 
-def test_parts_planted_bug_is_caught(metal_on_cpu, monkeypatch):
-    assert_caught(monkeypatch, "norm_gemv.metal", "for (int p = 1; p < PARTS; ++p)",
-                  "for (int p = 1; p < PARTS - 1; ++p)", lambda: check_parts(mx.float32, "metal"))
+def check_gated(case, backend, seed=5, eps=1e-6):
+    """GATED: y [M, 1, K] and z read in place from a wider row (at an odd offset, rows of an odd length)."""
+    M, H, D, N, dtype = GATED[case]
+    K = H * D
+    rng = np.random.default_rng(seed)
+    f = lambda *s: rng.standard_normal(s).astype(np.float32)              # noqa: E731
+    y = mx.array(f(M, 1, K) * 0.7 + 0.1).astype(dtype)
+    row = mx.array(f(M, 1, 3 + K + 6)).astype(dtype)                        # z = row[..., 3:3 + K]
+    nw = mx.array(1 + 0.3 * f(D))
+    w = mx.array(f(N, K) / np.sqrt(K)).astype(dtype)
+    assert norm.gemv_backend(y, w, row, D) == backend
+    out = norm.norm_gemv(y, nw, eps, w, gate=row, gate_at=3, head=D, backend=backend)
+    assert out.shape == (M, 1, N) and out.dtype == dtype, case
+    assert_rel_close(out.astype(mx.float32), reference_gated(y, row[..., 3:3 + K], nw, w, eps, D), TOL[dtype],
+                     f"{case} gated")
+    with pytest.raises(ValueError, match="gate"):
+        norm.norm_gemv(y, nw, eps, w, gate=row[..., :K], gate_at=3, head=D, backend=backend)     # z past the row
+
+
+@pytest.mark.parametrize("case", list(GATED), ids=list(GATED))
+def test_gated_norm_then_product(metal_on_cpu, case):
+    check_gated(case, "metal")
+
+
+PLANTED_GATED = {
+    "head-sum-short": ("g < (hd + 1) * (DV / 4); ++g)", "g < (hd + 1) * (DV / 4) - 1; ++g)"),
+    "no-barrier-after-squares": ("    gsq[i / 4] = ss;\n  }\n  BARRIER();", "    gsq[i / 4] = ss;\n  }"),
+    "one-head-scale": ("const float inv = hinv[i / DV];", "const float inv = hinv[0];"),
+    "gate-offset-dropped": ("h + (int64_t)m * HS + ZO;", "h + (int64_t)m * HS;"),
+}
+
+
+@pytest.mark.parametrize("bug", list(PLANTED_GATED), ids=list(PLANTED_GATED))
+def test_gated_planted_bug_is_caught(metal_on_cpu, monkeypatch, bug):
+    text, replacement = PLANTED_GATED[bug]
+    assert_caught(monkeypatch, "norm_gemv.metal", text, replacement, lambda: check_gated("bf16-0.8b-head-2tok", "metal"))
 
 
 def test_backend_choice(metal_on_cpu):
@@ -94,6 +120,11 @@ def test_backend_choice(metal_on_cpu):
     assert norm.gemv_backend(x, mx.zeros((64, 128), mx.uint32)) is None              # quantized (packed) weight
     big = mx.zeros((1, 1, 16384), mx.bfloat16)
     assert norm.gemv_backend(big, mx.zeros((8, 16384), mx.bfloat16)) is None         # row past 16 KiB
+    w = mx.zeros((64, 1024), mx.bfloat16)
+    assert norm.gemv_backend(x, w, x, 128) == "metal"                                 # gated: heads of 128
+    assert norm.gemv_backend(x, w, x, 100) is None                                    # heads not dividing K
+    assert norm.gemv_backend(x, w, x, 2) is None                                      # nor of 4-channel groups
+    assert norm.gemv_backend(x, w, x.astype(mx.float32), 128) is None                 # a gate of another dtype
 
 
 PLANTED = {
