@@ -79,10 +79,15 @@ def ncu_binary() -> str:
     return found
 
 
-def measure(which: str, T: int, warm: int) -> list[tuple[str, float]]:
-    """(kernel name, us) for each launch of one token, in order."""
+METRICS = {"gpu__time_duration.sum": 1e-3,            # ns -> us
+           "dram__bytes.sum": 1e-6,                   # bytes -> MB (DRAM, read and written: not L2 hits)
+           "sm__cycles_elapsed.avg.per_second": 1e-9}  # Hz -> GHz: the SM clock while the kernel ran
+
+
+def measure(which: str, T: int, warm: int) -> list[tuple[str, float, float, float]]:
+    """(kernel name, us, DRAM MB, SM GHz) for each launch of one token, in order."""
     cmd = [ncu_binary(), "--profile-from-start", "off", "--clock-control", "none", "--cache-control", "none",
-           "--metrics", "gpu__time_duration.sum", "--csv", "--page", "raw", "--print-units", "base",
+           "--metrics", ",".join(METRICS), "--csv", "--page", "raw", "--print-units", "base",
            sys.executable, __file__, "--child", which, "--prompt", str(T), "--warm", str(warm)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
     text = r.stdout
@@ -92,12 +97,11 @@ def measure(which: str, T: int, warm: int) -> list[tuple[str, float]]:
     rows = list(csv.DictReader(io.StringIO(text[start:])))
     out = []
     for row in rows:
-        v = row.get("gpu__time_duration.sum", "")
         try:
-            ns = float(v.replace(",", ""))
-        except ValueError:
+            vals = [float(row[k].replace(",", "")) * f for k, f in METRICS.items()]
+        except (ValueError, KeyError):
             continue                                              # the units row
-        out.append((short_name(row["Kernel Name"]), ns / 1e3))
+        out.append((short_name(row["Kernel Name"]), *vals))
     return out
 
 
@@ -112,15 +116,19 @@ def short_name(name: str) -> str:
     return name[:48]
 
 
-def summary(which: str, launches: list[tuple[str, float]]) -> list[str]:
+def summary(which: str, launches: list) -> list[str]:
     by = collections.defaultdict(list)
-    for n, us in launches:
-        by[n].append(us)
-    total = sum(us for _, us in launches)
-    lines = [f"{which}: {len(launches)} launches, {total:.1f} us of kernel time in one token",
-             "| kernel | launches | total us | mean us | share |", "|---|---:|---:|---:|---:|"]
-    for n, v in sorted(by.items(), key=lambda kv: -sum(kv[1])):
-        lines.append(f"| {n} | {len(v)} | {sum(v):.1f} | {sum(v) / len(v):.2f} | {sum(v) / total:.0%} |")
+    for n, *vals in launches:
+        by[n].append(vals)
+    total = sum(v[1] for v in launches)
+    lines = [f"{which}: {len(launches)} launches, {total:.1f} us of kernel time in one token, "
+             f"{sum(v[2] for v in launches):.0f} MB through DRAM",
+             "| kernel | launches | total us | mean us | share | DRAM MB | GB/s | SM GHz |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for n, v in sorted(by.items(), key=lambda kv: -sum(x[0] for x in kv[1])):
+        us, mb = sum(x[0] for x in v), sum(x[1] for x in v)
+        lines.append(f"| {n} | {len(v)} | {us:.1f} | {us / len(v):.2f} | {us / total:.0%} | {mb:.1f} | "
+                     f"{mb / us * 1e3:.0f} | {sum(x[2] for x in v) / len(v):.2f} |")
     return lines
 
 
@@ -140,8 +148,8 @@ def main(argv=None):
     for which in args.which:
         launches = measure(which, args.prompt, args.warm)
         lines += ["", *summary(which, launches)]
-        order += ["", f"{which}, launches in order (us):", *(f"{i:4d} {n:48s} {us:8.2f}" for i, (n, us) in
-                                                                enumerate(launches))]
+        order += ["", f"{which}, launches in order (us, DRAM MB, SM GHz):",
+                  *(f"{i:4d} {n:48s} {us:8.2f} {mb:8.2f} {ghz:5.2f}" for i, (n, us, mb, ghz) in enumerate(launches))]
     print("\n".join(lines), flush=True)
     if args.out:                                                   # with every launch, in order
         Path(args.out).write_text("\n".join(lines + order) + "\n")
