@@ -1,7 +1,7 @@
 """GPU time of each kernel in one decode token, ours and mlx-lm's, as Nsight Compute (ncu) measures it: where
 the device's share of a decode step goes, kernel by kernel, apart from what the host adds around it.
 
-    python benchmarks/kernel_times.py [--prompt 1024] [--which ours mlx-lm] [--out FILE]
+    python benchmarks/kernel_times.py [--prompt 1024] [--which ours mlx-lm] [--set module.NAME=int] [--out FILE]
 
 Runs itself under ncu once per model (profiling only between cudaProfilerStart/Stop, around one token's eval
 after warm-up steps; clocks and caches left alone), then prints per kernel name: launches, total and mean us,
@@ -41,8 +41,18 @@ def _profiler(on: bool):
     raise RuntimeError("could not switch the CUDA profiler")
 
 
-def child(which: str, T: int, warm: int):
+def apply_sets(sets):
+    """--set module.NAME=int: a module constant changed for the run (a kernel-launch parameter to A/B)."""
+    import importlib
+    for item in sets:
+        path, value = item.split("=")
+        mod, name = path.rsplit(".", 1)
+        setattr(importlib.import_module(mod), name, int(value))
+
+
+def child(which: str, T: int, warm: int, sets=()):
     """Prefill T tokens, decode `warm` tokens, then one token between profiler start and stop."""
+    apply_sets(sets)
     import mlx.core as mx
     from bench_model import build_mlx_lm, build_ours, hf_weights, run
     from configs import QWEN35_0_8B
@@ -84,11 +94,12 @@ METRICS = {"gpu__time_duration.sum": 1e-3,            # ns -> us
            "sm__cycles_elapsed.avg.per_second": 1e-9}  # Hz -> GHz: the SM clock while the kernel ran
 
 
-def measure(which: str, T: int, warm: int) -> list[tuple[str, float, float, float]]:
+def measure(which: str, T: int, warm: int, sets=()) -> list[tuple[str, float, float, float]]:
     """(kernel name, us, DRAM MB, SM GHz) for each launch of one token, in order."""
     cmd = [ncu_binary(), "--profile-from-start", "off", "--clock-control", "none", "--cache-control", "none",
            "--metrics", ",".join(METRICS), "--csv", "--page", "raw", "--print-units", "base",
-           sys.executable, __file__, "--child", which, "--prompt", str(T), "--warm", str(warm)]
+           sys.executable, __file__, "--child", which, "--prompt", str(T), "--warm", str(warm),
+           *(a for x in sets for a in ("--set", x))]
     r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
     text = r.stdout
     start = text.find('"ID"')
@@ -138,15 +149,16 @@ def main(argv=None):
     p.add_argument("--warm", type=int, default=4)
     p.add_argument("--which", nargs="+", default=["ours", "mlx-lm"])
     p.add_argument("--child")
+    p.add_argument("--set", action="append", default=[], help="module.NAME=int, for ours (repeatable)")
     p.add_argument("--out")
     args = p.parse_args(argv)
     if args.child:
-        return child(args.child, args.prompt, args.warm)
+        return child(args.child, args.prompt, args.warm, args.set)
     lines = [f"one decode token after a {args.prompt}-token prompt (ncu gpu__time_duration, kernels run one at a "
              f"time)"]
     order = []
     for which in args.which:
-        launches = measure(which, args.prompt, args.warm)
+        launches = measure(which, args.prompt, args.warm, args.set if which == "ours" else ())
         lines += ["", *summary(which, launches)]
         order += ["", f"{which}, launches in order (us, DRAM MB, SM GHz):",
                   *(f"{i:4d} {n:48s} {us:8.2f} {mb:8.2f} {ghz:5.2f}" for i, (n, us, mb, ghz) in enumerate(launches))]

@@ -69,7 +69,8 @@ def _gated_rms_norm(x, z, weight, eps):
 
 
 GEMV_NT = 128                 # norm_gemv: 4 simdgroups ...
-GEMV_R = 4                    # ... of 4 outputs each
+GEMV_R = 4                    # ... of up to 4 outputs each; narrower products take fewer ...
+GEMV_MIN_TG = 256             # ... so as to make this many threadgroups (a large GPU has 100+ cores to fill)
 GEMV_MAX_BYTES = 16384        # the normalised row in threadgroup memory (Metal has 32 KiB)
 
 
@@ -87,6 +88,15 @@ def gemv_backend(x, w, gate=None, head: int = 0) -> str | None:
     return gpu_backend()
 
 
+def gemv_rows(N: int) -> int:
+    """norm_gemv's outputs per simdgroup for N outputs (GEMV_R, halved while that leaves fewer than GEMV_MIN_TG
+    threadgroups)."""
+    r = GEMV_R
+    while r > 1 and -(-N // (GEMV_NT // 32 * r)) < GEMV_MIN_TG:
+        r //= 2
+    return r
+
+
 def norm_gemv(x, weight, eps: float, w, residual=None, *, glu: bool = False, gate=None, gate_at: int = 0,
               head: int = 0, backend: str):
     """RMSNorm of x [..., K] (with `residual`: of residual + x, rounded to x's dtype) then the product with w
@@ -102,12 +112,13 @@ def norm_gemv(x, weight, eps: float, w, residual=None, *, glu: bool = False, gat
     if gated and (add or gate.size != M * gate.shape[-1] or gate.shape[-1] < gate_at + K or K % head):
         raise ValueError(f"norm_gemv: gate {tuple(gate.shape)} at {gate_at} for rows {tuple(x.shape)} of heads "
                          f"of {head}" + (" with a residual" if add else ""))
+    R = gemv_rows(N)
     y, res = _metal.kernel("norm_gemv", backend)(
         inputs=[residual if add else x, gate if gated else x, weight, w, _metal.f32_scalar(float(eps))],
-        template=[("InT", x.dtype), ("K", K), ("N", N), ("NT", GEMV_NT), ("R", GEMV_R), ("ADD", add),
+        template=[("InT", x.dtype), ("K", K), ("N", N), ("NT", GEMV_NT), ("R", R), ("ADD", add),
                   ("GLU", glu), ("GATED", gated), ("DV", head if gated else 4), ("ZO", gate_at),
                   ("HS", gate.shape[-1] if gated else K)],
-        grid=(GEMV_NT * -(-N // (GEMV_NT // 32 * GEMV_R)), 1, M),
+        grid=(GEMV_NT * -(-N // (GEMV_NT // 32 * R)), 1, M),
         threadgroup=(GEMV_NT, 1, 1),
         output_shapes=[(*x.shape[:-1], N), x.shape if add else (1,)],
         output_dtypes=[x.dtype, x.dtype],

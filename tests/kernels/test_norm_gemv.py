@@ -59,6 +59,17 @@ def test_kernel_matches_reference(metal_on_cpu, case):
     check(case, seed=len(case))
 
 
+@pytest.mark.parametrize("min_tg", [0, 1 << 20], ids=["4-outputs-per-simdgroup", "1-output-per-simdgroup"])
+def test_outputs_per_simdgroup(metal_on_cpu, monkeypatch, min_tg):
+    """The cases above take 1 output per simdgroup (few outputs, many threadgroups wanted); wide products take up
+    to 4: both ends, plain and GLU, and the gated norm."""
+    monkeypatch.setattr(norm, "GEMV_MIN_TG", min_tg)
+    assert norm.gemv_rows(200) == (4 if min_tg == 0 else 1)
+    check("bf16-add", seed=8)
+    check("fp32-glu", seed=9)
+    check_gated("fp32-dv40-3heads", "metal", seed=10)
+
+
 GATED = {  # id: (M, heads, head dim, N, dtype)
     "bf16-0.8b-head-2tok": (2, 4, 128, 70, mx.bfloat16),
     "fp32-dv40-3heads": (1, 3, 40, 45, mx.float32),       # K = 120: a head not a whole simdgroup's groups
