@@ -78,7 +78,7 @@ if (GATED) {
   UNROLL for (int w = 0; w < NW; ++w) total += red[w];
   const float inv = frsqrt(total / float(K) + eps[0]);
   for (int i = 4 * int(tid); i < K; i += 4 * NT) {
-    UNROLL for (int e = 0; e < 4; ++e) xs[i + e] = static_cast<InT>(nw[i + e] * (float(xs[i + e]) * inv));
+    UNROLL for (int e = 0; e < 4; ++e) xs[i + e] = static_cast<InT>(float(nw[i + e]) * (float(xs[i + e]) * inv));
   }
 }
 BARRIER();
