@@ -2,6 +2,7 @@
 the device's share of a decode step goes, kernel by kernel, apart from what the host adds around it.
 
     python benchmarks/kernel_times.py [--prompt 1024] [--which ours mlx-lm] [--set module.NAME=int] [--out FILE]
+        [--detail REGEX [--count N]]
 
 Runs itself under ncu once per model (profiling only between cudaProfilerStart/Stop, around one token's eval
 after warm-up steps; clocks and caches left alone), then prints per kernel name: launches, total and mean us,
@@ -116,6 +117,22 @@ def measure(which: str, T: int, warm: int, sets=()) -> list[tuple[str, float, fl
     return out
 
 
+SECTIONS = ("SpeedOfLight", "LaunchStats", "Occupancy", "MemoryWorkloadAnalysis", "SchedulerStats", "WarpStateStats")
+
+
+def detail(which: str, T: int, warm: int, regex: str, count: int, sets=()) -> str:
+    """ncu's report (SECTIONS: throughput, occupancy, where warps stall) of the first `count` launches of kernels
+    whose name matches `regex` in one token: why a kernel takes the time it takes."""
+    cmd = [ncu_binary(), "--profile-from-start", "off", "--clock-control", "none", "--cache-control", "none",
+           "-k", f"regex:{regex}", "--launch-count", str(count), *(a for x in SECTIONS for a in ("--section", x)),
+           sys.executable, __file__, "--child", which, "--prompt", str(T), "--warm", str(warm),
+           *(a for x in sets for a in ("--set", x))]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+    if r.returncode:
+        raise SystemExit(f"ncu failed (rc {r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r.stdout[r.stdout.find("==PROF== Disconnected"):]
+
+
 def short_name(name: str) -> str:
     """A kernel's name without template arguments and MLX's type suffixes."""
     name = name.split("(")[0].split("<")[0].strip()
@@ -150,10 +167,18 @@ def main(argv=None):
     p.add_argument("--which", nargs="+", default=["ours", "mlx-lm"])
     p.add_argument("--child")
     p.add_argument("--set", action="append", default=[], help="module.NAME=int, for ours (repeatable)")
+    p.add_argument("--detail", help="a kernel name regex: ncu's sections for its first --count launches instead")
+    p.add_argument("--count", type=int, default=3)
     p.add_argument("--out")
     args = p.parse_args(argv)
     if args.child:
         return child(args.child, args.prompt, args.warm, args.set)
+    if args.detail:
+        text = detail(args.which[0], args.prompt, args.warm, args.detail, args.count, args.set)
+        print(text, flush=True)
+        if args.out:
+            Path(args.out).write_text(text)
+        return
     lines = [f"one decode token after a {args.prompt}-token prompt (ncu gpu__time_duration, kernels run one at a "
              f"time)"]
     order = []
