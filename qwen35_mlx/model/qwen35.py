@@ -25,10 +25,10 @@ from .rope import Rope, rope_index
 
 EVAL_LAYERS_T = 256     # from this many tokens a forward pass evaluates after every full-attention layer
 # Up to this many cached tokens a decode step runs as one compiled graph (_step_in_graph); past it, segmented.
-# Measured on an H100 (benchmarks/RESULTS.md, 2026-12-07 04:44 UTC): one graph 331 tok/s against 311 segmented at
-# 1K, but 181 against 255 at 32K. Up to 8K both split the keys alike (64 per threadgroup); what costs at 32K is
-# not known yet (the split for the capacity, since made finer, or a KV buffer copied when a step still in flight
-# holds it), so the one-graph step stays where it was measured to win, over buffers of at most twice that.
+# Measured on an H100 (benchmarks/RESULTS.md, 2026-12-07): at 4885ce4 one graph was +6.7% at 1K and -29% at 32K;
+# at 26e903c (scatter KV write, finer capacity split) the two were level at both (-2% .. +2%, inside the spread of
+# runs), the one graph with less peak memory at 32K (2.2 against 3.9 GB above what is held). The limit stays
+# where the one graph was measured to win until an A/B past 32K says more.
 GRAPH_STEP_MAX_ROWS = 8192
 
 

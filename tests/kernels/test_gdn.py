@@ -283,8 +283,11 @@ def test_cuda_twin_compiles(tmp_path, dt):
         "rms_norm": ([dt, dt, dt, f32, f32, i32], [dt, dt],
                      [("InT", dt), ("H", 5120), ("WPR", 5), ("RPT", 1), ("ADD", True), ("GATE", True)]),
         "norm_gemv": ([dt, dt, f32, dt, f32], [dt, dt],
-                      [("InT", dt), ("K", 2048), ("N", 1024), ("NT", 128), ("R", 4), ("ADD", False), ("GLU", False),
-                       ("GATED", True), ("DV", 128), ("ZO", 6144), ("HS", 8224)]),
+                      [("InT", dt), ("K", 1024), ("N", 3584), ("NT", 128), ("R", 2), ("ADD", True), ("GLU", True),
+                       ("GATED", False), ("DV", 4), ("ZO", 0), ("HS", 1024)]),
+        "norm_gemv#gated": ([dt, dt, dt, dt, f32], [dt, dt],       # the GDN norm's weight is in the model's dtype
+                            [("InT", dt), ("K", 2048), ("N", 1024), ("NT", 128), ("R", 1), ("ADD", False),
+                             ("GLU", False), ("GATED", True), ("DV", 128), ("ZO", 6144), ("HS", 8224)]),
         "attn_qk": ([dt, f32, f32, f32, i32, f32], [dt, dt, dt],
                     [("InT", dt), ("D", 256), ("NQ", 8), ("NK", 2), ("ROT", 64), ("NT", 64)]),
         "attn_flash": ([h16] * 3 + [f32, i32], [h16],                  # 16-bit operands only; fp16 with QS
@@ -295,10 +298,11 @@ def test_cuda_twin_compiles(tmp_path, dt):
         "attn_decode_combine": ([f32] * 3 + [dt, i32, i32], [dt],
                                 [("InT", dt), ("D", 128), ("Hq", 8), ("NT", 128), ("GATE", True)]),
     }
-    for name, (ins, outs, template) in kernels.items():
+    for case, (ins, outs, template) in kernels.items():
+        name = case.split("#")[0]                                    # "name#variant": another build of name
         assert len(ins) == len(_metal.KERNELS[name][0]), name
-        src = tmp_path / f"{name}.cu"
+        src = tmp_path / f"{case.replace('#', '_')}.cu"
         src.write_text(cuda_text(name, ins, outs, template))
         r = subprocess.run(["nvcc", "-arch=sm_90a", "-c", str(src), "-o",
-                            str(tmp_path / f"{name}.o")], capture_output=True, text=True)
-        assert r.returncode == 0, f"{name}:\n{r.stderr[-3000:]}"
+                            str(tmp_path / f"{case.replace('#', '_')}.o")], capture_output=True, text=True)
+        assert r.returncode == 0, f"{case}:\n{r.stderr[-3000:]}"
