@@ -334,3 +334,31 @@ def test_one_graph_step_limits(metal_on_cpu, dense_text_path, monkeypatch):
     finally:
         mx.enable_compile()
     assert {c.offset for c in kv} == {101}
+
+
+def test_quantized_model_on_kernel_path(metal_on_cpu, dense_text_path, monkeypatch, launched):
+    """8-bit weights (what community MLX checkpoints hold): gdn_decode runs, and the gated norm and the quantized
+    out_proj run apart after it (norm_gemv takes plain weights only); the logits equal the same quantized model's
+    with every kernel off."""
+    from qwen35_mlx.quantize import quantize_model
+    model, _ = load(dense_text_path, dtype="float32")
+    quantize_model(model, bits=8, group_size=32)
+    assert type(model.layers[0].linear_attn.out_proj).__name__ == "QuantizedLinear"
+    ids = mx.array(np.random.default_rng(9).integers(0, 400, (1, 20)))
+
+    def run():
+        cache = model.make_cache()
+        out = [model(ids, cache=cache)[:, -1]]
+        out += [model(mx.array([[t]]), cache=cache)[:, -1] for t in (5, 17)]
+        return np.stack([np.array(o[0]) for o in out])
+
+    mx.disable_compile()
+    try:
+        fast = run()
+        assert "gdn_decode" in launched and "norm_gemv" not in launched, launched
+        assert any(t["GATE"] for n, t in launched.templates if n == "rms_norm")     # the GDN output norm
+        monkeypatch.setattr(_metal, "DISABLED", frozenset(_metal.KERNELS))
+        slow = run()
+    finally:
+        mx.enable_compile()
+    assert_rel_close(fast, slow, 1e-4, "quantized model, kernel path vs MLX ops")

@@ -142,7 +142,7 @@ PLANTED = {
     "no-barrier-before-products": ("}\nBARRIER();\n\n// 2.", "}\n\n// 2."),
     "glu-up-is-gate": ("const float u = float(static_cast<InT>(acc[r][NR - 1]));",
                        "const float u = float(static_cast<InT>(acc[r][0]));"),
-    "norm-weight-dropped": ("static_cast<InT>(nw[i + e] * (float(xs[i + e]) * inv))",
+    "norm-weight-dropped": ("static_cast<InT>(float(nw[i + e]) * (float(xs[i + e]) * inv))",
                             "static_cast<InT>(float(xs[i + e]) * inv)"),
     "last-step-skipped": ("    if (k < K) {\n      float xv", "    if (k < K - SW) {\n      float xv"),
 }
