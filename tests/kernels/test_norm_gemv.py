@@ -59,11 +59,14 @@ def test_kernel_matches_reference(metal_on_cpu, case):
     check(case, seed=len(case))
 
 
-@pytest.mark.parametrize("min_tg", [0, 1 << 20], ids=["4-outputs-per-simdgroup", "1-output-per-simdgroup"])
-def test_outputs_per_simdgroup(metal_on_cpu, monkeypatch, min_tg):
+@pytest.mark.parametrize("min_tg, nt", [(0, 128), (1 << 20, 128), (1 << 20, 256)],
+                         ids=["4-outputs-per-simdgroup", "1-output-per-simdgroup", "8-simdgroups-of-1"])
+def test_outputs_per_simdgroup(metal_on_cpu, monkeypatch, min_tg, nt):
     """The cases above take 1 output per simdgroup (few outputs, many threadgroups wanted); wide products take up
-    to 4: both ends, plain and GLU, and the gated norm."""
+    to 4: both ends, plain and GLU, and the gated norm; and 8 simdgroups a threadgroup (the launch shape of MLX's
+    own gemv, one row per simdgroup: an A/B for benchmarks/kernel_times.py --set)."""
     monkeypatch.setattr(norm, "GEMV_MIN_TG", min_tg)
+    monkeypatch.setattr(norm, "GEMV_NT", nt)
     assert norm.gemv_rows(200) == (4 if min_tg == 0 else 1)
     check("bf16-add", seed=8)
     check("fp32-glu", seed=9)
