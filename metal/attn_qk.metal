@@ -38,7 +38,7 @@ if (lane == 0) red[sg] = ss;
 BARRIER();
 float total = 0.0f;
 UNROLL for (int s = 0; s < NSG; ++s) total += red[s];
-const float inv = frsqrt(total / float(D) + eps[0]);
+const float inv = frsqrt(total / float(D) + bits_float(EPS));
 UNROLL for (int r = 0; r < EPT; ++r) {
   const int i = 4 * (int(tid) + r * NT);
   if (i < D) {

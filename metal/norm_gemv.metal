@@ -40,7 +40,7 @@ if (GATED) {
   for (int hd = int(tid); hd < NH; hd += NT) {
     float ss = 0.0f;
     for (int g = hd * (DV / 4); g < (hd + 1) * (DV / 4); ++g) ss += gsq[g];
-    hinv[hd] = frsqrt(ss / float(DV) + eps[0]);
+    hinv[hd] = frsqrt(ss / float(DV) + bits_float(EPS));
   }
   BARRIER();
   for (int i = 4 * int(tid); i < K; i += 4 * NT) {
@@ -76,7 +76,7 @@ if (GATED) {
   BARRIER();
   float total = 0.0f;
   UNROLL for (int w = 0; w < NW; ++w) total += red[w];
-  const float inv = frsqrt(total / float(K) + eps[0]);
+  const float inv = frsqrt(total / float(K) + bits_float(EPS));
   for (int i = 4 * int(tid); i < K; i += 4 * NT) {
     UNROLL for (int e = 0; e < 4; ++e) xs[i + e] = static_cast<InT>(float(nw[i + e]) * (float(xs[i + e]) * inv));
   }

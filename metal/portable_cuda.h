@@ -28,6 +28,7 @@ typedef unsigned int uint;
 #define INFINITY __int_as_float(0x7f800000)
 #endif
 
+FN float bits_float(int b) { return __int_as_float(b); }  // a float constant passed as its bits
 FN float fexp(float x) { return expf(x); }
 FN float fexp2(float x) { return exp2f(x); }
 FN float flog(float x) { return logf(x); }

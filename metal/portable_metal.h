@@ -15,6 +15,7 @@
 #define BARRIER_DEVICE() \
   metal::threadgroup_barrier(metal::mem_flags::mem_device | metal::mem_flags::mem_threadgroup)
 
+FN float bits_float(int b) { return as_type<float>(b); }  // a float constant passed as its bits
 FN float fexp(float x) { return metal::exp(x); }
 FN float fexp2(float x) { return metal::exp2(x); }
 FN float flog(float x) { return metal::log(x); }

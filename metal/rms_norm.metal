@@ -41,7 +41,7 @@ if (WPR > 1) {
   ss = 0.0f;
   UNROLL for (int s = 0; s < WPR; ++s) ss += red[rl * WPR + s];
 }
-const float inv = frsqrt(ss / float(H) + eps[0]);
+const float inv = frsqrt(ss / float(H) + bits_float(EPS));
 UNROLL for (int j = 0; j < EPT; ++j) {
   const int gi = part * 32 + int(lane) + j * 32 * WPR;
   if (live && gi < G) {

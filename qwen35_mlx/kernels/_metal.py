@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.resources
 import os
 import re
+import struct
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,7 +40,8 @@ PROLOGUE = {
     ),
 }
 
-# name -> (input names, output names); scalars travel in `meta` (int32), read as meta[i] on both backends
+# name -> (input names, output names); scalars travel in `meta` (int32), read as meta[i] on both backends, or,
+# where they are fixed for a model (a norm's eps, attention's scale), as template constants (float_bits)
 KERNELS = {
     "gdn_chunk_prep": (("q", "k", "v", "g", "beta", "meta"), ("W", "U", "Aqk", "Gc")),
     "gdn_chunk_scan": (("q", "k", "W", "U", "Aqk", "Gc", "state_in", "meta"), ("y", "state_out")),
@@ -47,11 +49,11 @@ KERNELS = {
     "gdn_decode": (("proj", "conv_in", "conv_w", "A_log", "dt_bias", "state_in"), ("y", "conv_out", "state_out")),
     "gdn_conv": (("qkv", "conv_in", "conv_w", "a_in", "b_in", "A_log", "dt_bias", "meta"),
                  ("q", "k", "v", "g", "beta", "conv_out")),
-    "rms_norm": (("x", "h", "z", "w", "eps", "meta"), ("y", "res")),
-    "norm_gemv": (("x", "h", "nw", "W", "eps"), ("y", "res")),
-    "attn_qk": (("proj", "qw", "kw", "inv_freq", "pos", "eps"), ("q", "k", "v")),
+    "rms_norm": (("x", "h", "z", "w", "meta"), ("y", "res")),
+    "norm_gemv": (("x", "h", "nw", "W"), ("y", "res")),
+    "attn_qk": (("proj", "qw", "kw", "inv_freq", "pos"), ("q", "k", "v")),
     "attn_flash": (("q", "k", "v", "scale_in", "meta"), ("out",)),
-    "attn_decode": (("q", "kc", "vc", "scale_in", "n_keys", "meta"), ("o_out", "m_out", "l_out")),
+    "attn_decode": (("q", "kc", "vc", "n_keys", "meta"), ("o_out", "m_out", "l_out")),
     "attn_decode_combine": (("o", "m", "l", "gate", "n_keys", "meta"), ("out",)),
 }
 
@@ -124,6 +126,14 @@ _COMMENT = re.compile(r"//.*$")
 def _strip(text: str) -> str:
     """Comments and indentation out, line breaks kept."""
     return "\n".join(_COMMENT.sub("", line).strip() for line in text.split("\n"))
+
+
+def float_bits(x: float) -> int:
+    """x as float32 bits in an int: a float template constant (the kernel reads it back with bits_float), not an
+    input array. MLX on CUDA keeps arrays of up to 8 bytes in managed host memory that the GPU reads remotely, and
+    every threadgroup of a norm waits on its eps: suspected (not yet measured) as why norm_gemv paid ~27 us a
+    launch on an H100 whatever its size (benchmarks/RESULTS.md, 2026-12-07)."""
+    return struct.unpack("<i", struct.pack("<f", x))[0]
 
 
 @lru_cache(maxsize=None)

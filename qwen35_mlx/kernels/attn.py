@@ -42,8 +42,9 @@ def attn_qk(proj, qw, kw, inv_freq, pos, eps: float, *, NQ: int, NK: int, D: int
         raise ValueError(f"attn_qk: projection row of {P} values; expected {2 * NQ * D + 2 * NK * D}")
     NT = threads(D)
     q, k, v = _metal.kernel("attn_qk", backend)(
-        inputs=[proj, qw, kw, inv_freq, pos.reshape(1), _metal.f32_scalar(float(eps))],   # [1]: a pointer on both
-        template=[("InT", proj.dtype), ("D", D), ("NQ", NQ), ("NK", NK), ("ROT", rot), ("NT", NT)],
+        inputs=[proj, qw, kw, inv_freq, pos.reshape(1)],                  # [1]: a pointer on both
+        template=[("InT", proj.dtype), ("D", D), ("NQ", NQ), ("NK", NK), ("ROT", rot), ("NT", NT),
+                  ("EPS", _metal.float_bits(eps))],
         grid=(NT * T, NQ + NK, B),
         threadgroup=(NT, 1, 1),
         output_shapes=[(B, NQ, T, D), (B, NK, T, D), (B, NK, T, D)],
@@ -157,8 +158,9 @@ def attn_decode(q, kc, vc, S, scale: float, *, backend: str, gate=None, nt: int 
     n_keys = S if data else mx.array([S], dtype=mx.int32)
     meta = mx.array([L, SC, NS], dtype=mx.int32)
     o, m, l = _metal.kernel("attn_decode", backend)(
-        inputs=[q, kc.astype(q.dtype), vc.astype(q.dtype), _metal.f32_scalar(float(scale)), n_keys, meta],
-        template=[("InT", q.dtype), ("D", D), ("Hq", Hq), ("Hkv", Hkv), ("LMAX", lmax), ("NT", nt)],
+        inputs=[q, kc.astype(q.dtype), vc.astype(q.dtype), n_keys, meta],
+        template=[("InT", q.dtype), ("D", D), ("Hq", Hq), ("Hkv", Hkv), ("LMAX", lmax), ("NT", nt),
+                  ("SCALE", _metal.float_bits(scale))],
         grid=(nt * NS, Hkv, B),
         threadgroup=(nt, 1, 1),
         output_shapes=[(B, Hq, NS, D), (B, Hq, NS), (B, Hq, NS)],

@@ -42,9 +42,10 @@ def rms_norm(x, weight, eps: float, residual=None, *, gate=None, backend: str | 
     NT = 32 * wpr * rpt
     rows = x.size // H
     y, res = _metal.kernel("rms_norm", backend)(
-        inputs=[residual if add else x, x, x if gate is None else gate, weight, _metal.f32_scalar(float(eps)),
-                mx.array([rows], dtype=mx.int32)],
-        template=[("InT", x.dtype), ("H", H), ("WPR", wpr), ("RPT", rpt), ("ADD", add), ("GATE", gate is not None)],
+        inputs=[residual if add else x, x, x if gate is None else gate, weight,
+                mx.array([rows, 0, 0, 0], dtype=mx.int32)],             # past 8 bytes: see _metal.float_bits
+        template=[("InT", x.dtype), ("H", H), ("WPR", wpr), ("RPT", rpt), ("ADD", add), ("GATE", gate is not None),
+                  ("EPS", _metal.float_bits(eps))],
         grid=(NT * -(-rows // rpt), 1, 1),
         threadgroup=(NT, 1, 1),
         output_shapes=[x.shape, x.shape if add else (1,)],
@@ -114,10 +115,10 @@ def norm_gemv(x, weight, eps: float, w, residual=None, *, glu: bool = False, gat
                          f"of {head}" + (" with a residual" if add else ""))
     R = gemv_rows(N)
     y, res = _metal.kernel("norm_gemv", backend)(
-        inputs=[residual if add else x, gate if gated else x, weight, w, _metal.f32_scalar(float(eps))],
+        inputs=[residual if add else x, gate if gated else x, weight, w],
         template=[("InT", x.dtype), ("K", K), ("N", N), ("NT", GEMV_NT), ("R", R), ("ADD", add),
                   ("GLU", glu), ("GATED", gated), ("DV", head if gated else 4), ("ZO", gate_at),
-                  ("HS", gate.shape[-1] if gated else K)],
+                  ("HS", gate.shape[-1] if gated else K), ("EPS", _metal.float_bits(eps))],
         grid=(GEMV_NT * -(-N // (GEMV_NT // 32 * R)), 1, M),
         threadgroup=(GEMV_NT, 1, 1),
         output_shapes=[(*x.shape[:-1], N), x.shape if add else (1,)],

@@ -271,6 +271,7 @@ def cuda_text(name, in_types, out_types, template):
 def test_cuda_twin_compiles(tmp_path, dt):
     f32, i32 = mx.float32, mx.int32
     h16 = mx.float16 if dt == f32 else dt
+    eps = _metal.float_bits(1e-6)
     shape = [("InT", dt), ("Dk", 128), ("Dv", 128), ("Hk", 16), ("Hv", 32)]
     kernels = {
         "gdn_chunk_prep": ([dt] * 3 + [f32] * 2 + [i32], [f32] * 4, shape + [("C", 64), ("NT", 128), ("PREC", 1)]),
@@ -280,21 +281,23 @@ def test_cuda_twin_compiles(tmp_path, dt):
         "gdn_decode": ([dt] * 3 + [f32] * 3, [dt, dt, f32], shape + [("K", 4), ("L", 4), ("NT", 64)]),
         "gdn_conv": ([dt] * 5 + [f32] * 2 + [i32], [dt] * 3 + [f32] * 2 + [dt],
                      shape + [("K", 4), ("TPG", 16), ("SPT", 2)]),
-        "rms_norm": ([dt, dt, dt, f32, f32, i32], [dt, dt],
-                     [("InT", dt), ("H", 5120), ("WPR", 5), ("RPT", 1), ("ADD", True), ("GATE", True)]),
-        "norm_gemv": ([dt, dt, f32, dt, f32], [dt, dt],
+        "rms_norm": ([dt, dt, dt, f32, i32], [dt, dt],
+                     [("InT", dt), ("H", 5120), ("WPR", 5), ("RPT", 1), ("ADD", True), ("GATE", True), ("EPS", eps)]),
+        "norm_gemv": ([dt, dt, f32, dt], [dt, dt],
                       [("InT", dt), ("K", 1024), ("N", 3584), ("NT", 128), ("R", 2), ("ADD", True), ("GLU", True),
-                       ("GATED", False), ("DV", 4), ("ZO", 0), ("HS", 1024)]),
-        "norm_gemv#gated": ([dt, dt, dt, dt, f32], [dt, dt],       # the GDN norm's weight is in the model's dtype
+                       ("GATED", False), ("DV", 4), ("ZO", 0), ("HS", 1024), ("EPS", eps)]),
+        "norm_gemv#gated": ([dt, dt, dt, dt], [dt, dt],       # the GDN norm's weight is in the model's dtype
                             [("InT", dt), ("K", 2048), ("N", 1024), ("NT", 128), ("R", 1), ("ADD", False),
-                             ("GLU", False), ("GATED", True), ("DV", 128), ("ZO", 6144), ("HS", 8224)]),
-        "attn_qk": ([dt, f32, f32, f32, i32, f32], [dt, dt, dt],
-                    [("InT", dt), ("D", 256), ("NQ", 8), ("NK", 2), ("ROT", 64), ("NT", 64)]),
+                             ("GLU", False), ("GATED", True), ("DV", 128), ("ZO", 6144), ("HS", 8224),
+                             ("EPS", eps)]),
+        "attn_qk": ([dt, f32, f32, f32, i32], [dt, dt, dt],
+                    [("InT", dt), ("D", 256), ("NQ", 8), ("NK", 2), ("ROT", 64), ("NT", 64), ("EPS", eps)]),
         "attn_flash": ([h16] * 3 + [f32, i32], [h16],                  # 16-bit operands only; fp16 with QS
                        [("InT", h16), ("D", 256), ("Hq", 8), ("Hkv", 2), ("BK", 64 if dt == f32 else 32), ("NT", 128),
                         ("CAUSAL", True), ("QS", dt == f32)]),
-        "attn_decode": ([dt] * 3 + [f32, i32, i32], [f32] * 3,
-                        [("InT", dt), ("D", 128), ("Hq", 8), ("Hkv", 2), ("LMAX", 1024), ("NT", 128)]),
+        "attn_decode": ([dt] * 3 + [i32, i32], [f32] * 3,
+                        [("InT", dt), ("D", 128), ("Hq", 8), ("Hkv", 2), ("LMAX", 1024), ("NT", 128),
+                         ("SCALE", _metal.float_bits(128 ** -0.5))]),
         "attn_decode_combine": ([f32] * 3 + [dt, i32, i32], [dt],
                                 [("InT", dt), ("D", 128), ("Hq", 8), ("NT", 128), ("GATE", True)]),
     }
