@@ -137,9 +137,9 @@ def decode_split(S: int, G: int, splits: int | None = None) -> tuple[int, int]:
 def attn_decode(q, kc, vc, S, scale: float, *, backend: str, gate=None, nt: int = DECODE_NT):
     """One query per head q [B, Hq, 1, D] over the first S rows of the cache buffers kc, vc [B, Hkv, SC, D] (read in
     place). Returns [B, 1, Hq * D] in q's dtype, times sigmoid(gate) where a gate [B, 1, Hq, D] is given (any
-    strides: read in place). S: an int, or an int32 array [1] where it is data (a compiled decode step, whose
-    graph must not change shape as the cache fills): the keys are then split for the capacity SC, and the splits
-    past S stay idle."""
+    strides: read in place). S: an int, or an int32 array whose first element it is, where it is data (a compiled
+    decode step, whose graph must not change shape as the cache fills): the keys are then split for the capacity
+    SC, and the splits past S stay idle."""
     B, Hq, _, D = q.shape
     Hkv, SC = kc.shape[1], kc.shape[2]
     G = Hq // Hkv
@@ -155,7 +155,7 @@ def attn_decode(q, kc, vc, S, scale: float, *, backend: str, gate=None, nt: int 
     NS = -(-keys // L)
     if NS > DECODE_NSMAX:
         raise ValueError(f"attn_decode: {keys} keys need {NS} splits, more than {DECODE_NSMAX}")
-    n_keys = S if data else mx.array([S], dtype=mx.int32)
+    n_keys = S if data else mx.array([S, 0, 0, 0], dtype=mx.int32)   # n_keys[0]; past 8 bytes: _metal.float_bits
     meta = mx.array([L, SC, NS], dtype=mx.int32)
     o, m, l = _metal.kernel("attn_decode", backend)(
         inputs=[q, kc.astype(q.dtype), vc.astype(q.dtype), n_keys, meta],

@@ -104,8 +104,8 @@ class Attention(DecodeFusion, nn.Module):
     def attend_in_graph(self, q, k, v, gate, keys, values, at, S):
         """A decode step's attention inside a compiled graph (project's q, k, v, gate in): k and v written into
         the KV cache buffers keys, values [B, kv_heads, SC, D] at the row that `at` ([B, kv_heads, 1, D] int32, all
-        that row) names, then attn_decode over their first S rows (S int32 [1]). Both are data, so the graph keeps
-        its shapes as the cache fills; a scatter along the rows is one launch where a dynamic slice update is two.
+        that row) names, then attn_decode over their first S[0] rows (S int32). Both are data, so the graph keeps its
+        shapes as the cache fills; a scatter along the rows is one launch where a dynamic slice update is two.
         -> (attend's output, keys, values)."""
         keys = mx.put_along_axis(keys, at, k, axis=2)
         values = mx.put_along_axis(values, at, v, axis=2)

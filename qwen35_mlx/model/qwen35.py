@@ -328,7 +328,8 @@ class Qwen35Model(nn.Module):
         arrays = [a for i, layer in enumerate(layers)
                   for a in ((cache[i].conv, cache[i].state) if layer.is_linear else (cache[i].keys, cache[i].values))]
         at = mx.array(np.full((x.shape[0], attn.n_kv, 1, attn.head_dim), n, np.int32))     # the row to write
-        res = fn[1](x, off, at, mx.array([n + 1], mx.int32), *arrays)
+        S = mx.array([n + 1, 0, 0, 0], mx.int32)          # the filled rows; past 8 bytes: see _metal.float_bits
+        res = fn[1](x, off, at, S, *arrays)
         del arrays                                                   # the old buffers: the graph's alone, donated
         for i, layer in enumerate(layers):
             c = cache[i]
