@@ -6,8 +6,8 @@ Prefill runs two launches per segment of tokens:
                   writing y and the final state
 Decode and short runs (T < STEP_MAX_T) use gdn_step, which keeps the state in registers across the steps.
 A model's decode step (T = 1) runs gdn_decode instead: the mixer between its input projections and its gated norm
-(conv, q/k norms, gates, the step) in one launch; the norm and out_proj follow in one norm_gemv. Its prefill runs gdn_conv before the scan: the
-conv, q/k norms and gates in one launch.
+(conv, q/k norms, gates, the step) in one launch; the norm and out_proj follow in one norm_gemv. Its prefill runs
+gdn_conv before the scan: the conv, q/k norms and gates in one launch.
 Shapes a kernel cannot take go to gdn_chunked (prefill) or the token loop (decode): slower, never wrong.
 """
 
