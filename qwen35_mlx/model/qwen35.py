@@ -270,7 +270,9 @@ class Qwen35Model(nn.Module):
         between and the next attention layer's projections (7 compiled calls per token for Qwen3.5's 3:1 layout
         instead of ~60 layer calls: host time per call is what decode on a GPU pays). positions: the int offset,
         or [3, B, 1]."""
-        off = positions if isinstance(positions, mx.array) else mx.array(positions, mx.int32)
+        # a 1-D offset as a view of a 16-byte array: MLX keeps arrays of up to 8 bytes in host memory that the GPU
+        # reads remotely (see kernels/_metal.float_bits), and every attn_qk threadgroup reads the position
+        off = positions if isinstance(positions, mx.array) else mx.array([positions, 0, 0, 0], mx.int32)[:1].reshape(())
         whole = self._step_in_graph(x, cache, off)
         if whole is not None:
             return whole
