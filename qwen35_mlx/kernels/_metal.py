@@ -40,8 +40,9 @@ PROLOGUE = {
     ),
 }
 
-# name -> (input names, output names); scalars travel in `meta` (int32), read as meta[i] on both backends, or,
-# where they are fixed for a model (a norm's eps, attention's scale), as template constants (float_bits)
+# name -> (input names, output names); scalars travel in `meta` (int32, made by ints), read as meta[i] on both
+# backends, or, where they are fixed for a model (a norm's eps, attention's scale), as template constants
+# (float_bits)
 KERNELS = {
     "gdn_chunk_prep": (("q", "k", "v", "g", "beta", "meta"), ("W", "U", "Aqk", "Gc")),
     "gdn_chunk_scan": (("q", "k", "W", "U", "Aqk", "Gc", "state_in", "meta"), ("y", "state_out")),
@@ -52,7 +53,7 @@ KERNELS = {
     "rms_norm": (("x", "h", "z", "w", "meta"), ("y", "res")),
     "norm_gemv": (("x", "h", "nw", "W"), ("y", "res")),
     "attn_qk": (("proj", "qw", "kw", "inv_freq", "pos"), ("q", "k", "v")),
-    "attn_flash": (("q", "k", "v", "scale_in", "meta"), ("out",)),
+    "attn_flash": (("q", "k", "v", "meta"), ("out",)),
     "attn_decode": (("q", "kc", "vc", "n_keys", "meta"), ("o_out", "m_out", "l_out")),
     "attn_decode_combine": (("o", "m", "l", "gate", "n_keys", "meta"), ("out",)),
 }
@@ -128,18 +129,20 @@ def _strip(text: str) -> str:
     return "\n".join(_COMMENT.sub("", line).strip() for line in text.split("\n"))
 
 
+# Scalars a kernel reads never travel in arrays of up to 8 bytes: MLX on CUDA keeps those in managed host memory
+# that the GPU reads remotely (its allocator's small pool), and every threadgroup waits on such a read before its
+# work. Suspected (not yet measured) as why norm_gemv, reading its eps that way, paid ~27 us a launch on an H100
+# whatever its size (benchmarks/RESULTS.md, 2026-12-07). So floats fixed for a model are template constants
+# (float_bits) and ints go in arrays of at least 16 bytes (ints).
+
 def float_bits(x: float) -> int:
-    """x as float32 bits in an int: a float template constant (the kernel reads it back with bits_float), not an
-    input array. MLX on CUDA keeps arrays of up to 8 bytes in managed host memory that the GPU reads remotely, and
-    every threadgroup of a norm waits on its eps: suspected (not yet measured) as why norm_gemv paid ~27 us a
-    launch on an H100 whatever its size (benchmarks/RESULTS.md, 2026-12-07)."""
+    """x as float32 bits in an int: a float template constant (the kernel reads it back with bits_float)."""
     return struct.unpack("<i", struct.pack("<f", x))[0]
 
 
-@lru_cache(maxsize=None)
-def f32_scalar(x: float):
-    """A float32 scalar input (e.g. an epsilon), made once per value."""
-    return mx.array([x], dtype=mx.float32)
+def ints(*values: int):
+    """An int32 input of `values` (the kernel reads values[i] as meta[i]), zero-padded to 16 bytes (see above)."""
+    return mx.array([*values, *[0] * (4 - len(values))], dtype=mx.int32)
 
 
 STATIC_SMEM = 48 * 1024       # CUDA's static shared memory per block; TG_ARRAYs past it go dynamic

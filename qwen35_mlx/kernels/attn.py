@@ -87,10 +87,9 @@ def attn_flash(q, k, v, scale: float, *, causal: bool, backend: str, nt: int | N
     row = (D + 8) * q.dtype.size                                   # the body's LD
     arrays = ((nt // 2) * row if qs else 8 * q.dtype.size, bk * row, bk * row)   # Qs, Ks, Vs
     (out,) = _metal.kernel("attn_flash", backend, arrays)(
-        inputs=[q, k.astype(q.dtype), v.astype(q.dtype), _metal.f32_scalar(float(scale)),
-                mx.array([T, S], dtype=mx.int32)],
+        inputs=[q, k.astype(q.dtype), v.astype(q.dtype), _metal.ints(T, S)],
         template=[("InT", q.dtype), ("D", D), ("Hq", Hq), ("Hkv", Hkv), ("BK", bk), ("NT", nt),
-                  ("CAUSAL", causal), ("QS", qs)],
+                  ("CAUSAL", causal), ("QS", qs), ("SCALE", _metal.float_bits(scale))],
         grid=(nt * -(-T // (nt // 2)), Hq, B),
         threadgroup=(nt, 1, 1),
         output_shapes=[(B, T, Hq, D)],
@@ -155,8 +154,8 @@ def attn_decode(q, kc, vc, S, scale: float, *, backend: str, gate=None, nt: int 
     NS = -(-keys // L)
     if NS > DECODE_NSMAX:
         raise ValueError(f"attn_decode: {keys} keys need {NS} splits, more than {DECODE_NSMAX}")
-    n_keys = S if data else mx.array([S, 0, 0, 0], dtype=mx.int32)   # n_keys[0]; past 8 bytes: _metal.float_bits
-    meta = mx.array([L, SC, NS], dtype=mx.int32)
+    n_keys = S if data else _metal.ints(S)
+    meta = _metal.ints(L, SC, NS)
     o, m, l = _metal.kernel("attn_decode", backend)(
         inputs=[q, kc.astype(q.dtype), vc.astype(q.dtype), n_keys, meta],
         template=[("InT", q.dtype), ("D", D), ("Hq", Hq), ("Hkv", Hkv), ("LMAX", lmax), ("NT", nt),

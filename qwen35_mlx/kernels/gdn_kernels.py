@@ -103,7 +103,7 @@ def _prep_launch(q, k, v, g, beta, backend, prec):
     Hv, Dv = v.shape[2], v.shape[3]
     N = -(-T // C)
     return _metal.kernel("gdn_chunk_prep", backend)(
-        inputs=[q, k, v, g, beta, mx.array([T, N], dtype=mx.int32)],
+        inputs=[q, k, v, g, beta, _metal.ints(T, N)],
         template=[("InT", q.dtype), ("Dk", Dk), ("Dv", Dv), ("Hk", Hk), ("Hv", Hv), ("C", C),
                   ("NT", NT_PREP), ("PREC", prec)],
         grid=(NT_PREP * N, Hv, B),
@@ -119,7 +119,7 @@ def _scan_launch(q, k, inter, state, v_shape, backend, bv, prec, nt):
     N = -(-T // C)
     W, U, Aqk, Gc = inter
     y, state = _metal.kernel("gdn_chunk_scan", backend)(
-        inputs=[q, k, W, U, Aqk, Gc, state, mx.array([T, N], dtype=mx.int32)],
+        inputs=[q, k, W, U, Aqk, Gc, state, _metal.ints(T, N)],
         template=[("InT", k.dtype), ("Dk", Dk), ("Dv", Dv), ("Hk", Hk), ("Hv", Hv), ("C", C), ("BV", bv),
                   ("NT", nt), ("PREC", prec)],
         grid=(nt * (Dv // bv), Hv, B),
@@ -152,7 +152,7 @@ def gdn_step(q, k, v, g, beta, state=None, *, backend="metal", return_states=Fal
     L = step_lanes(Dk)
     rows = NT_STEP // L
     out = _metal.kernel("gdn_step", backend)(
-        inputs=[q, k, v, g, beta, state, mx.array([T], dtype=mx.int32)],
+        inputs=[q, k, v, g, beta, state, _metal.ints(T)],
         template=[("InT", q.dtype), ("Dk", Dk), ("Dv", Dv), ("Hk", Hk), ("Hv", Hv), ("L", L),
                   ("NT", NT_STEP), ("SAVE", bool(return_states))],
         grid=(NT_STEP * -(-Dv // rows), Hv, B),
@@ -235,8 +235,7 @@ def gdn_conv(qkv, conv, conv_w, a, b, A_log, dt_bias, *, Hk: int, Hv: int, Dk: i
     dt = qkv.dtype
     f32 = mx.float32
     out = _metal.kernel("gdn_conv", backend)(
-        inputs=[qkv, conv.astype(dt), conv_w, a, b, A_log, dt_bias,
-                mx.array([T], dtype=mx.int32)],
+        inputs=[qkv, conv.astype(dt), conv_w, a, b, A_log, dt_bias, _metal.ints(T)],
         template=[("InT", dt), ("Dk", Dk), ("Dv", Dv), ("Hk", Hk), ("Hv", Hv), ("K", K), ("TPG", CONV_TPG),
                   ("SPT", spt)],
         grid=(32 * spt * -(-T // CONV_TPG), -(-(2 * Hk + Hv) // spt), B),

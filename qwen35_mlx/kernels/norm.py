@@ -42,8 +42,7 @@ def rms_norm(x, weight, eps: float, residual=None, *, gate=None, backend: str | 
     NT = 32 * wpr * rpt
     rows = x.size // H
     y, res = _metal.kernel("rms_norm", backend)(
-        inputs=[residual if add else x, x, x if gate is None else gate, weight,
-                mx.array([rows, 0, 0, 0], dtype=mx.int32)],             # past 8 bytes: see _metal.float_bits
+        inputs=[residual if add else x, x, x if gate is None else gate, weight, _metal.ints(rows)],
         template=[("InT", x.dtype), ("H", H), ("WPR", wpr), ("RPT", rpt), ("ADD", add), ("GATE", gate is not None),
                   ("EPS", _metal.float_bits(eps))],
         grid=(NT * -(-rows // rpt), 1, 1),

@@ -13,6 +13,7 @@ import numpy as np
 from ..cache import KVCache, ModelCache, reserve_rows
 from ..config import Qwen35Config, TextConfig
 from ..errors import PromptError
+from ..kernels._metal import ints
 from ..kernels.norm import gemv_backend, norm_gemv
 from .attention import Attention
 from .fused import DecodeFusion
@@ -270,9 +271,8 @@ class Qwen35Model(nn.Module):
         between and the next attention layer's projections (7 compiled calls per token for Qwen3.5's 3:1 layout
         instead of ~60 layer calls: host time per call is what decode on a GPU pays). positions: the int offset,
         or [3, B, 1]."""
-        # a 1-D offset as a view of a 16-byte array: MLX keeps arrays of up to 8 bytes in host memory that the GPU
-        # reads remotely (see kernels/_metal.float_bits), and every attn_qk threadgroup reads the position
-        off = positions if isinstance(positions, mx.array) else mx.array([positions, 0, 0, 0], mx.int32)[:1].reshape(())
+        # a 1-D offset as a view of a padded array (attn_qk reads it in every threadgroup: see kernels/_metal.ints)
+        off = positions if isinstance(positions, mx.array) else ints(positions)[:1].reshape(())
         whole = self._step_in_graph(x, cache, off)
         if whole is not None:
             return whole
@@ -330,8 +330,7 @@ class Qwen35Model(nn.Module):
         arrays = [a for i, layer in enumerate(layers)
                   for a in ((cache[i].conv, cache[i].state) if layer.is_linear else (cache[i].keys, cache[i].values))]
         at = mx.array(np.full((x.shape[0], attn.n_kv, 1, attn.head_dim), n, np.int32))     # the row to write
-        S = mx.array([n + 1, 0, 0, 0], mx.int32)          # the filled rows; past 8 bytes: see _metal.float_bits
-        res = fn[1](x, off, at, S, *arrays)
+        res = fn[1](x, off, at, ints(n + 1), *arrays)               # and the rows filled after the write
         del arrays                                                   # the old buffers: the graph's alone, donated
         for i, layer in enumerate(layers):
             c = cache[i]

@@ -292,9 +292,9 @@ def test_cuda_twin_compiles(tmp_path, dt):
                              ("EPS", eps)]),
         "attn_qk": ([dt, f32, f32, f32, i32], [dt, dt, dt],
                     [("InT", dt), ("D", 256), ("NQ", 8), ("NK", 2), ("ROT", 64), ("NT", 64), ("EPS", eps)]),
-        "attn_flash": ([h16] * 3 + [f32, i32], [h16],                  # 16-bit operands only; fp16 with QS
+        "attn_flash": ([h16] * 3 + [i32], [h16],                       # 16-bit operands only; fp16 with QS
                        [("InT", h16), ("D", 256), ("Hq", 8), ("Hkv", 2), ("BK", 64 if dt == f32 else 32), ("NT", 128),
-                        ("CAUSAL", True), ("QS", dt == f32)]),
+                        ("CAUSAL", True), ("QS", dt == f32), ("SCALE", _metal.float_bits(256 ** -0.5))]),
         "attn_decode": ([dt] * 3 + [i32, i32], [f32] * 3,
                         [("InT", dt), ("D", 128), ("Hq", 8), ("Hkv", 2), ("LMAX", 1024), ("NT", 128),
                          ("SCALE", _metal.float_bits(128 ** -0.5))]),
