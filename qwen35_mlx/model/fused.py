@@ -126,12 +126,18 @@ class DecodeFusion:
         return x @ (wt[1] if x.ndim == 3 else wt[0])
 
 
+def plain_weight(m):
+    """The weight of a plain bias-free Linear (what a kernel can multiply by as it is), else None."""
+    return m.weight if type(m) is nn.Linear and "bias" not in m else None
+
+
 def transposed(m):
     """(the transposed view of a plain bias-free Linear's weight, the same as [1, K, N]), both evaluated (no copy:
     they share the weight's buffer); None for other layers."""
-    if type(m) is not nn.Linear or "bias" in m:
+    w = plain_weight(m)
+    if w is None:
         return None
-    wt = m.weight.T
+    wt = w.T
     views = (wt, wt[None])
     mx.eval(views)
     return views

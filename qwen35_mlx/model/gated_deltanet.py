@@ -8,7 +8,7 @@ from ..config import TextConfig
 from ..kernels import gdn_kernels
 from ..kernels.gdn import gated_delta
 from ..kernels.norm import gemv_backend, norm_gemv
-from .fused import DecodeFusion
+from .fused import DecodeFusion, plain_weight
 from .norms import GatedRMSNorm
 
 
@@ -136,7 +136,7 @@ class GatedDeltaNet(DecodeFusion, nn.Module):
         """out_proj(norm(y, z)) of one token, y [B, 1, Hv Dv] before the gated norm and z read from the projection
         row: one norm_gemv launch where it runs (a plain weight of y's dtype), else the norm then the matmul."""
         C = 2 * self.key_dim + self.value_dim
-        w = self.out_proj.weight if type(self.out_proj) is nn.Linear and "bias" not in self.out_proj else None
+        w = plain_weight(self.out_proj)
         backend = gemv_backend(y, w, proj, self.Dv)
         if backend:
             return norm_gemv(y, self.norm.weight, self.norm.eps, w, gate=proj, gate_at=C, head=self.Dv,
