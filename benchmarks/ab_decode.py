@@ -21,7 +21,7 @@ from pathlib import Path
 import mlx.core as mx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_model import build_mlx_lm, build_ours, decode_ab, hf_weights  # noqa: E402
+from bench_model import build_mlx_lm, build_ours, decode_ab_with_mlx_lm, hf_weights  # noqa: E402
 from configs import QWEN35_0_8B  # noqa: E402
 
 
@@ -38,19 +38,6 @@ def tree_package(tree: Path, i: int) -> str:
     return name
 
 
-def build_tree(pkg: str, weights):
-    """bench_model.build_ours with the package `pkg`."""
-    config = importlib.import_module(f"{pkg}.config")
-    loading = importlib.import_module(f"{pkg}.loading")
-    qwen35 = importlib.import_module(f"{pkg}.model.qwen35")
-    c = config.Qwen35Config.from_dict({**QWEN35_0_8B, "vision_config": None})
-    model = qwen35.Qwen35Model(c)
-    w, _ = loading.sanitize(dict(weights), c, mlx_layout=False)
-    model.load_weights(list(w.items()), strict=True)
-    mx.eval(model.parameters())
-    return model
-
-
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--trees", nargs="*", default=[], type=Path)
@@ -58,21 +45,13 @@ def main(argv=None):
     p.add_argument("--decode", type=int, default=128)
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args(argv)
-    from mlx_lm.models.cache import make_prompt_cache
-    from qwen35_mlx.generate import default_prefill_chunk
     weights = hf_weights(QWEN35_0_8B, mx.bfloat16)
     models = {"this tree": build_ours(QWEN35_0_8B, weights, 0)}
     for i, tree in enumerate(args.trees):
-        models[str(tree)] = build_tree(tree_package(tree.resolve(), i), weights)
+        models[str(tree)] = build_ours(QWEN35_0_8B, weights, 0, pkg=tree_package(tree.resolve(), i))
     theirs = build_mlx_lm(QWEN35_0_8B, weights, 0)
     del weights
-    chunk, vocab = default_prefill_chunk(), QWEN35_0_8B["text_config"]["vocab_size"]
-    print(f"device {mx.default_device()}, mlx {mx.__version__}; decode tok/s, median of {args.rounds} runs of "
-          f"{args.decode} tokens (each run's rate in brackets)", flush=True)
-    runs = {name: (m, m.make_cache) for name, m in models.items()}
-    runs["mlx-lm"] = (theirs, lambda: make_prompt_cache(theirs))
-    for T in args.prompt:
-        decode_ab(runs, T, chunk, vocab, args.decode, args.rounds)
+    decode_ab_with_mlx_lm(models, theirs, args.prompt, args.decode, args.rounds)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 import mlx.core as mx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_model import build_mlx_lm, build_ours, decode_ab, hf_weights  # noqa: E402
+from bench_model import build_mlx_lm, build_ours, decode_ab_with_mlx_lm, hf_weights  # noqa: E402
 from configs import QWEN35_0_8B  # noqa: E402
 
 
@@ -49,21 +49,14 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--splits", type=int, nargs="+", default=[512])
     args = p.parse_args(argv)
-    from mlx_lm.models.cache import make_prompt_cache
-    from qwen35_mlx.generate import default_prefill_chunk
     from qwen35_mlx.kernels.attn import DECODE_SPLITS
     weights = hf_weights(QWEN35_0_8B, mx.bfloat16)
     variants = {f"{'graph' if g else 'segments'}/{s}": Variant(build_ours(QWEN35_0_8B, weights, 0), g, s)
                 for s in [DECODE_SPLITS, *args.splits] for g in (True, False)}
     theirs = build_mlx_lm(QWEN35_0_8B, weights, 0)
     del weights
-    chunk, vocab = default_prefill_chunk(), QWEN35_0_8B["text_config"]["vocab_size"]
-    print(f"device {mx.default_device()}, mlx {mx.__version__}; decode tok/s, median of {args.rounds} runs of "
-          f"{args.decode} tokens (each run's rate in brackets)", flush=True)
-    models = {name: (m, m.make_cache) for name, m in variants.items()}
-    models["mlx-lm"] = (theirs, lambda: make_prompt_cache(theirs))
-    for T in args.prompt:
-        decode_ab(models, T, chunk, vocab, args.decode, args.rounds)
+    decode_ab_with_mlx_lm(variants, theirs, args.prompt, args.decode, args.rounds)
+
 
 if __name__ == "__main__":
     main()

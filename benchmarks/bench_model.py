@@ -55,18 +55,20 @@ def hf_weights(cfg: dict, dtype, seed=0) -> dict:
     return out
 
 
-def build_ours(cfg, weights, bits):
-    from qwen35_mlx.config import Qwen35Config
-    from qwen35_mlx.loading import sanitize
-    from qwen35_mlx.model.qwen35 import Qwen35Model
+def build_ours(cfg, weights, bits, pkg: str = "qwen35_mlx"):
+    """Our model from the Hugging Face-layout weights; pkg: the package to build it with (ab_decode.py loads other
+    versions of it under other names)."""
+    import importlib
+    config = importlib.import_module(f"{pkg}.config")
+    loading = importlib.import_module(f"{pkg}.loading")
+    qwen35 = importlib.import_module(f"{pkg}.model.qwen35")
 
-    c = Qwen35Config.from_dict({**cfg, "vision_config": None})
-    model = Qwen35Model(c)
-    w, _ = sanitize(dict(weights), c, mlx_layout=False)
+    c = config.Qwen35Config.from_dict({**cfg, "vision_config": None})
+    model = qwen35.Qwen35Model(c)
+    w, _ = loading.sanitize(dict(weights), c, mlx_layout=False)
     model.load_weights(list(w.items()), strict=True)
     if bits:
-        from qwen35_mlx.quantize import quantize_model
-        quantize_model(model, bits=bits, group_size=64)
+        importlib.import_module(f"{pkg}.quantize").quantize_model(model, bits=bits, group_size=64)
     mx.eval(model.parameters())
     return model
 
@@ -180,6 +182,19 @@ def decode_ab(models: dict, T: int, chunk: int, vocab: int, n_decode: int, round
         each = "/".join(f"{x:.0f}" for x in r["decode_runs"])
         print(f"T={T:6d} {r['name']:{w}s} {med:7.1f} tok/s ({each}) {med / runs[-1]['decode_tps']:5.2f}x "
               f"{runs[-1]['name']}", flush=True)
+
+
+def decode_ab_with_mlx_lm(models: dict, theirs, prompts, n_decode: int, rounds: int):
+    """decode_ab of our `models` (name -> model) and mlx-lm's model `theirs` (the baseline) at each prompt length."""
+    from mlx_lm.models.cache import make_prompt_cache
+    from qwen35_mlx.generate import default_prefill_chunk
+    chunk, vocab = default_prefill_chunk(), QWEN35_0_8B["text_config"]["vocab_size"]
+    print(f"device {mx.default_device()}, mlx {mx.__version__}; decode tok/s, median of {rounds} runs of "
+          f"{n_decode} tokens (each run's rate in brackets)", flush=True)
+    runs = {name: (m, m.make_cache) for name, m in models.items()}
+    runs["mlx-lm"] = (theirs, lambda: make_prompt_cache(theirs))
+    for T in prompts:
+        decode_ab(runs, T, chunk, vocab, n_decode, rounds)
 
 
 def main(argv=None):

@@ -95,17 +95,23 @@ METRICS = {"gpu__time_duration.sum": 1e-3,            # ns -> us
            "sm__cycles_elapsed.avg.per_second": 1e-9}  # Hz -> GHz: the SM clock while the kernel ran
 
 
-def measure(which: str, T: int, warm: int, sets=()) -> list[tuple[str, float, float, float]]:
-    """(kernel name, us, DRAM MB, SM GHz) for each launch of one token, in order."""
+def run_ncu(options: list, which: str, T: int, warm: int, sets=(), found: str = "") -> str:
+    """ncu's output for `child` run under it with these options (profiling one token, clocks and caches left
+    alone); fails loudly if ncu does, or if `found` is not in what it printed."""
     cmd = [ncu_binary(), "--profile-from-start", "off", "--clock-control", "none", "--cache-control", "none",
-           "--metrics", ",".join(METRICS), "--csv", "--page", "raw", "--print-units", "base",
-           sys.executable, __file__, "--child", which, "--prompt", str(T), "--warm", str(warm),
+           *options, sys.executable, __file__, "--child", which, "--prompt", str(T), "--warm", str(warm),
            *(a for x in sets for a in ("--set", x))]
     r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
-    text = r.stdout
-    start = text.find('"ID"')
-    if r.returncode or start < 0:
+    if r.returncode or found not in r.stdout:
         raise SystemExit(f"ncu failed (rc {r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r.stdout
+
+
+def measure(which: str, T: int, warm: int, sets=()) -> list[tuple[str, float, float, float]]:
+    """(kernel name, us, DRAM MB, SM GHz) for each launch of one token, in order."""
+    text = run_ncu(["--metrics", ",".join(METRICS), "--csv", "--page", "raw", "--print-units", "base"],
+                   which, T, warm, sets, found='"ID"')
+    start = text.find('"ID"')
     rows = list(csv.DictReader(io.StringIO(text[start:])))
     out = []
     for row in rows:
@@ -123,14 +129,9 @@ SECTIONS = ("SpeedOfLight", "LaunchStats", "Occupancy", "MemoryWorkloadAnalysis"
 def detail(which: str, T: int, warm: int, regex: str, count: int, sets=()) -> str:
     """ncu's report (SECTIONS: throughput, occupancy, where warps stall) of the first `count` launches of kernels
     whose name matches `regex` in one token: why a kernel takes the time it takes."""
-    cmd = [ncu_binary(), "--profile-from-start", "off", "--clock-control", "none", "--cache-control", "none",
-           "-k", f"regex:{regex}", "--launch-count", str(count), *(a for x in SECTIONS for a in ("--section", x)),
-           sys.executable, __file__, "--child", which, "--prompt", str(T), "--warm", str(warm),
-           *(a for x in sets for a in ("--set", x))]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
-    if r.returncode:
-        raise SystemExit(f"ncu failed (rc {r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return r.stdout[r.stdout.find("==PROF== Disconnected"):]
+    text = run_ncu(["-k", f"regex:{regex}", "--launch-count", str(count),
+                    *(a for x in SECTIONS for a in ("--section", x))], which, T, warm, sets)
+    return text[text.find("==PROF== Disconnected"):]
 
 
 def short_name(name: str) -> str:
