@@ -53,6 +53,7 @@ class ModelCache(list):
         self.offset = 0
         self.rope_delta = 0
         self.kv_bits = kv_bits
+        self.step_ints = None       # (host values, device array) of the next decode step's ints: model's step_ints
 
     @property
     def nbytes(self) -> dict:

@@ -131,17 +131,22 @@ def _strip(text: str) -> str:
 
 # Scalars a kernel reads never travel in arrays of up to 8 bytes: MLX on CUDA keeps those in managed host memory
 # that the GPU reads remotely (its allocator's small pool), and every threadgroup waits on such a read before its
-# work. Suspected (not yet measured) as why norm_gemv, reading its eps that way, paid ~27 us a launch on an H100
-# whatever its size (benchmarks/RESULTS.md, 2026-12-07). So floats fixed for a model are template constants
-# (float_bits) and ints go in arrays of at least 16 bytes (ints).
+# work. norm_gemv, reading its eps that way, paid ~27 us a launch on an H100 whatever its size; ~10 us once eps
+# became a template constant (benchmarks/RESULTS.md, 2026-12-07). So floats fixed for a model are template
+# constants (float_bits) and ints go in arrays of at least 16 bytes (ints). Any array made from host values lives
+# in managed memory there, written by the CPU and migrated to the GPU on its first read: ints keeps one array per
+# value tuple, so a meta read every decode step is written once, and a decode step's changing ints come from the
+# step before it on the device (Qwen35Model._decode_step).
 
 def float_bits(x: float) -> int:
     """x as float32 bits in an int: a float template constant (the kernel reads it back with bits_float)."""
     return struct.unpack("<i", struct.pack("<f", x))[0]
 
 
+@lru_cache(maxsize=1024)
 def ints(*values: int):
-    """An int32 input of `values` (the kernel reads values[i] as meta[i]), zero-padded to 16 bytes (see above)."""
+    """An int32 input of `values` (the kernel reads values[i] as meta[i]), zero-padded to 16 bytes; one array per
+    tuple of values, shared by every caller (see above): never written into."""
     return mx.array([*values, *[0] * (4 - len(values))], dtype=mx.int32)
 
 

@@ -76,7 +76,7 @@ class Attention(DecodeFusion, nn.Module):
         gate = row[..., :2 * self.n_heads * D].reshape(B, T, self.n_heads, 2 * D)[..., D:]
         return q, k, v, gate
 
-    def attend(self, q, k, v, mask, cache, gate=None):
+    def attend(self, q, k, v, mask, cache, gate=None, n_keys=None):
         """Attention of q [B, heads, T, D] over the whole cache, times sigmoid(gate) if given (gate [B, T, heads, D],
         as project returns it): [B, T, heads * D], what o_proj reads. Where a GPU backend runs our kernels, a decode
         step goes through attn_decode (the keys split over the GPU, read in place from the cache buffers) and a
@@ -84,7 +84,8 @@ class Attention(DecodeFusion, nn.Module):
         dim 256 on a chunk of queries, and materialises the scores of all T queries against all S keys. Without the
         kernel, long contexts go in query blocks of bounded score memory. A chunk against a quantized cache
         attends over its dequantized keys and values (1.7x faster than the quantized SDPA on an H100, without
-        the kernel; see benchmarks/bench_attention.py)."""
+        the kernel; see benchmarks/bench_attention.py). n_keys: for attn_decode, the cache's filled rows as device
+        data (the decode step's ints) rather than k's rows made into an array each step."""
         T = q.shape[2]
         quantized = isinstance(k, (tuple, list))
         if quantized and T >= DEQUANT_MIN_T:
@@ -93,7 +94,8 @@ class Attention(DecodeFusion, nn.Module):
         if T == 1 and mask is None and isinstance(cache, KVCache) and not quantized:
             backend = decode_backend(q, k)
             if backend:         # over the cache buffers in place (k, v are views of their filled rows), gated
-                return attn_decode(q, cache.keys, cache.values, k.shape[2], self.scale, gate=gate, backend=backend)
+                return attn_decode(q, cache.keys, cache.values, k.shape[2] if n_keys is None else n_keys,
+                                   self.scale, gate=gate, backend=backend)
         out = self._attend(q, k, v, mask, cache, quantized)
         return out if gate is None else _gated(out, gate)
 

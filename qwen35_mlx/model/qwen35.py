@@ -33,6 +33,22 @@ EVAL_LAYERS_T = 256     # from this many tokens a forward pass evaluates after e
 GRAPH_STEP_MAX_ROWS = 8192
 
 
+def step_ints(cache, position):
+    """A decode step's ints on the device, int32 [position, offset, offset + 1, 0]: the 1-D rope offset (0 where
+    positions are an array), the KV row it writes and the rows filled after. An array made from host values each
+    step would be written by the CPU and migrated to the GPU by the step's first read of it (MLX on CUDA keeps
+    such arrays in managed memory): the step before computes them (cache.step_ints), used here when its host
+    values match, as they do from one step to the next."""
+    key = (position, cache.offset)
+    held = cache.step_ints
+    if held is not None and held[0] == key:
+        return held[1]
+    return mx.array([position or 0, cache.offset, cache.offset + 1, 0], dtype=mx.int32)
+
+
+STEP_INTS = ints(1, 1, 1)           # step_ints' change from one token to the next
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: TextConfig, kind: str):
         super().__init__()
@@ -271,18 +287,25 @@ class Qwen35Model(nn.Module):
         between and the next attention layer's projections (7 compiled calls per token for Qwen3.5's 3:1 layout
         instead of ~60 layer calls: host time per call is what decode on a GPU pays). positions: the int offset,
         or [3, B, 1]."""
-        # a 1-D offset as a view of a padded array (attn_qk reads it in every threadgroup: see kernels/_metal.ints)
-        off = positions if isinstance(positions, mx.array) else ints(positions)[:1].reshape(())
-        whole = self._step_in_graph(x, cache, off)
+        pos = None if isinstance(positions, mx.array) else positions
+        ints_now = step_ints(cache, pos)
+        # a 1-D offset as a view of the step's ints (attn_qk reads it in every threadgroup: see kernels/_metal.ints)
+        off = positions if pos is None else ints_now[:1].reshape(())
+        whole = self._step_in_graph(x, cache, off, ints_now)
         if whole is not None:
-            return whole
+            x, h, ints_next = whole
+        else:
+            S = ints_now[2:3]                                        # the rows filled after this step's write
 
-        def attend(i, q, k, v, gate):
-            k, v = cache[i].update_and_fetch(k, v)
-            return self.layers[i].self_attn.attend(q, k, v, None, cache[i], gate)
-        x, h, new = self._run_segments(self._segments(), x, off, lambda i: (cache[i].conv, cache[i].state), attend)
-        for i, (conv, state) in new.items():
-            cache[i].conv, cache[i].state = conv, state
+            def attend(i, q, k, v, gate):
+                k, v = cache[i].update_and_fetch(k, v)
+                return self.layers[i].self_attn.attend(q, k, v, None, cache[i], gate, n_keys=S)
+            x, h, new = self._run_segments(self._segments(), x, off, lambda i: (cache[i].conv, cache[i].state),
+                                           attend)
+            for i, (conv, state) in new.items():
+                cache[i].conv, cache[i].state = conv, state
+            ints_next = ints_now + STEP_INTS
+        cache.step_ints = ((None if pos is None else pos + 1, cache.offset + 1), ints_next)
         return x, h
 
     def _run_segments(self, segments, x, off, pair, attend):
@@ -302,19 +325,20 @@ class Qwen35Model(nn.Module):
                 out = attend(proj, *rest)
         return x, h, new
 
-    def _step_in_graph(self, x, cache, off):
+    def _step_in_graph(self, x, cache, off, ints_now):
         """The decode step as one compiled call, the KV caches' buffers passed in and out (written at the row
         given as data, attn_decode reading the filled rows in place): one call's host time per token. Runs where
         every attention layer's cache is a plain KVCache already holding rows (fewer than GRAPH_STEP_MAX_ROWS) in
         x's dtype and attn_decode runs here; returns None elsewhere. The graph is traced again when the buffers
-        grow (in steps of a quarter of their size: a few times over a long generation)."""
+        grow (in steps of a quarter of their size: a few times over a long generation). ints_now: step_ints'.
+        -> (x, h, the next step's ints) or None."""
         layers = self.layers
         kv = [cache[i] for i, layer in enumerate(layers) if not layer.is_linear]
         if not kv:
             return None
         attn = next(layer.self_attn for layer in layers if not layer.is_linear)    # all built from one config
         if attn.decode_backend(x.dtype) is None or any(
-                type(c) is not KVCache or c.keys is None or c.keys.dtype != x.dtype or c.offset != kv[0].offset
+                type(c) is not KVCache or c.keys is None or c.keys.dtype != x.dtype or c.offset != cache.offset
                 for c in kv):
             return None
         n = kv[0].offset
@@ -329,30 +353,33 @@ class Qwen35Model(nn.Module):
             fn = self.__dict__["_step_fn"] = (shapes, mx.compile(self._whole_step))
         arrays = [a for i, layer in enumerate(layers)
                   for a in ((cache[i].conv, cache[i].state) if layer.is_linear else (cache[i].keys, cache[i].values))]
-        at = mx.array(np.full((x.shape[0], attn.n_kv, 1, attn.head_dim), n, np.int32))     # the row to write
-        res = fn[1](x, off, at, ints(n + 1), *arrays)               # and the rows filled after the write
+        res = fn[1](x, off, ints_now, *arrays)
         del arrays                                                   # the old buffers: the graph's alone, donated
         for i, layer in enumerate(layers):
             c = cache[i]
             if layer.is_linear:
-                c.conv, c.state = res[2 + 2 * i], res[3 + 2 * i]
+                c.conv, c.state = res[3 + 2 * i], res[4 + 2 * i]
             else:
-                c.keys, c.values = res[2 + 2 * i], res[3 + 2 * i]
+                c.keys, c.values = res[3 + 2 * i], res[4 + 2 * i]
                 c.offset += 1
-        return res[0], res[1]
+        return res[0], res[1], res[2]
 
-    def _whole_step(self, x, off, at, S, *arrays):
+    def _whole_step(self, x, off, ints_now, *arrays):
         """_step_in_graph's traced function. arrays: per layer in order, (conv, state) or (keys, values).
-        -> (x, h, *their new values, in that order)."""
+        -> (x, h, the next step's ints, *their new values, in that order)."""
         pair = lambda i: arrays[2 * i:2 * i + 2]                          # noqa: E731
         kv = {}
+        attn = next(layer.self_attn for layer in self.layers if not layer.is_linear)
+        # the row to write, as put_along_axis indices, and the rows filled after the write
+        at = mx.broadcast_to(ints_now[1:2].reshape(1, 1, 1, 1), (x.shape[0], attn.n_kv, 1, attn.head_dim))
+        S = ints_now[2:3]
 
         def attend(i, q, k, v, gate):
             out, *kv[i] = self.layers[i].self_attn.attend_in_graph(q, k, v, gate, *pair(i), at, S)
             return out
         x, h, new = self._run_segments(self._segments(compiled=False), x, off, pair, attend)
         new.update(kv)
-        return x, h, *[a for i in range(len(self.layers)) for a in new[i]]
+        return x, h, ints_now + STEP_INTS, *[a for i in range(len(self.layers)) for a in new[i]]
 
     def _segments(self, compiled: bool = True) -> list:
         """[(GDN layers, attention layer projected at the end or None, segment)] covering the stack in order

@@ -325,16 +325,21 @@ def test_one_graph_step_limits(metal_on_cpu, dense_text_path, monkeypatch):
     x = model.model.language_model.embed_tokens(mx.array([[3]]))
     kv = [c for c in cache if hasattr(c, "trim")]
     monkeypatch.setattr(qwen35, "GRAPH_STEP_MAX_ROWS", 120)
-    assert model._step_in_graph(x, cache, mx.array(250, mx.int32)) is None             # 250 rows cached
+    def step():
+        ints_now = qwen35.step_ints(cache, cache.offset)
+        return model._step_in_graph(x, cache, ints_now[:1].reshape(()), ints_now)
+    assert step() is None                                                               # 250 rows cached
     for c in kv:
         c.trim(150)                                                                     # 100 rows in 256-row buffers
-    assert model._step_in_graph(x, cache, mx.array(100, mx.int32)) is None
+    cache.offset = 100
+    assert step() is None
     monkeypatch.setattr(qwen35, "GRAPH_STEP_MAX_ROWS", 200)
     mx.disable_compile()
     try:
-        assert model._step_in_graph(x, cache, mx.array(100, mx.int32)) is not None
+        res = step()
     finally:
         mx.enable_compile()
+    assert res is not None and res[2].tolist() == [101, 101, 102, 0]                   # the next step's ints
     assert {c.offset for c in kv} == {101}
 
 
