@@ -1,5 +1,5 @@
-"""Decode A/B in one process: the step as one compiled graph (Qwen35Model._step_in_graph, here at any context:
-GRAPH_STEP_MAX_ROWS lifted) or segmented, each with attn_decode's split target at DECODE_SPLITS or --splits, and
+"""Decode A/B in one process: the step as one compiled graph (Qwen35Model._step_in_graph, at any context, as
+GRAPH_STEP_MAX_ROWS has it since 2026-12-07) or segmented, each with attn_decode's split target at DECODE_SPLITS or --splits, and
 mlx-lm, on the same weights. Each variant prefills its own cache with the same prompt, then reports how far a
 decode's peak memory rises over what is held (a KV buffer copied each step would show), and the variants take
 turns, --rounds runs of --decode tokens each; each reports its median.

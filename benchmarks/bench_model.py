@@ -134,14 +134,17 @@ def prefill(name, model, make_cache, T, chunk, vocab):
 
 def decode_run(r, n):
     """n greedy tokens from where r stands, pipelined as generation is (each step queued before the last is
-    read). Appends the rate to r["decode_runs"]."""
+    read). Appends the rate to r["decode_runs"], and the host's time to queue the n steps, per step, to
+    r["queue_ms"]: near the whole step's time, the host is the bound; well under it, the GPU."""
     model, cache, tok = r["model"], r["cache"], r["tok"]
     t = time.perf_counter()
     for _ in range(n):
         tok = mx.argmax(model(tok[:, None], cache=cache)[:, -1], axis=-1)
         mx.async_eval(tok)
+    queued = time.perf_counter()
     mx.eval(tok)
     r["decode_runs"].append(n / (time.perf_counter() - t))
+    r.setdefault("queue_ms", []).append((queued - t) / n * 1e3)
     r["tok"] = tok
 
 
@@ -174,6 +177,7 @@ def decode_ab(models: dict, T: int, chunk: int, vocab: int, n_decode: int, round
         mx.reset_peak_memory()
         decode_run(r, 20)
         r["decode_runs"].pop()
+        r["queue_ms"].pop()
         print(f"T={T:6d} {r['name']:{w}s} decode peak over held memory {(mx.get_peak_memory() - held) / 1e6:7.0f} MB",
               flush=True)
     bench_pair(runs, n_decode, rounds)
@@ -181,7 +185,8 @@ def decode_ab(models: dict, T: int, chunk: int, vocab: int, n_decode: int, round
         med = r["decode_tps"]
         each = "/".join(f"{x:.0f}" for x in r["decode_runs"])
         print(f"T={T:6d} {r['name']:{w}s} {med:7.1f} tok/s ({each}) {med / runs[-1]['decode_tps']:5.2f}x "
-              f"{runs[-1]['name']}", flush=True)
+              f"{runs[-1]['name']}; host queues a step in {np.median(r['queue_ms']):.2f} of "
+              f"{1e3 / med:.2f} ms", flush=True)
 
 
 def decode_ab_with_mlx_lm(models: dict, theirs, prompts, n_decode: int, rounds: int):

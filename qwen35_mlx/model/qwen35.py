@@ -25,12 +25,15 @@ from .rope import Rope, rope_index
 
 
 EVAL_LAYERS_T = 256     # from this many tokens a forward pass evaluates after every full-attention layer
-# Up to this many cached tokens a decode step runs as one compiled graph (_step_in_graph); past it, segmented.
-# Measured on an H100 (benchmarks/RESULTS.md, 2026-12-07): at 4885ce4 one graph was +6.7% at 1K and -29% at 32K;
-# at 26e903c (scatter KV write, finer capacity split) the two were level at both (-2% .. +2%, inside the spread of
-# runs), the one graph with less peak memory at 32K (2.2 against 3.9 GB above what is held). The limit stays
-# where the one graph was measured to win until an A/B past 32K says more.
-GRAPH_STEP_MAX_ROWS = 8192
+# A decode step runs as one compiled graph (_step_in_graph) up to this many cached tokens: the whole context now.
+# Measured on an H100 (benchmarks/RESULTS.md, 2026-12-07): at 4885ce4 one graph was +6.7% at 1K and -29% at 32K
+# against the segmented step; at 26e903c (scatter KV write, finer capacity split) level; at 7ae4a20 (the step's
+# ints on the device) +12% at 8K and +13% at 32K, neither step's peak rising more than 30 MB over what is held.
+# (A knob for benchmarks/ab_step.py and the tests of the hand-over.)
+GRAPH_STEP_MAX_ROWS = 1 << 30
+# Buffers over twice max(the rows filled, this) are a cache trimmed back from a long prompt: segmented there, as the
+# one graph splits attn_decode's keys for the buffers' capacity, and most of its splits would idle.
+TRIMMED_MIN_ROWS = 8192
 
 
 def step_ints(cache, position):
@@ -342,8 +345,8 @@ class Qwen35Model(nn.Module):
                 for c in kv):
             return None
         n = kv[0].offset
-        # (a cache trimmed back from a long prompt keeps its long buffers: segmented there too)
-        if n >= GRAPH_STEP_MAX_ROWS or kv[0].keys.shape[2] > 2 * GRAPH_STEP_MAX_ROWS:
+        # (a cache trimmed back from a long prompt keeps its long buffers: segmented there)
+        if n >= GRAPH_STEP_MAX_ROWS or kv[0].keys.shape[2] > 2 * max(n + 1, TRIMMED_MIN_ROWS):
             return None
         for c in kv:
             reserve_rows(c, n + 1)

@@ -314,8 +314,8 @@ def test_decode_step_as_one_graph_after_an_image(metal_on_cpu, dense_vl_path, mo
 
 
 def test_one_graph_step_limits(metal_on_cpu, dense_text_path, monkeypatch):
-    """The one-graph step declines GRAPH_STEP_MAX_ROWS cached rows or more, and buffers longer than twice that
-    (a cache trimmed back from a long prompt), and runs otherwise."""
+    """The one-graph step declines GRAPH_STEP_MAX_ROWS cached rows or more, and buffers longer than twice
+    max(the rows filled, TRIMMED_MIN_ROWS) (a cache trimmed back from a long prompt), and runs otherwise."""
     from qwen35_mlx.model import qwen35
     model, _ = load(dense_text_path, dtype="float32")
     cache = model.make_cache()
@@ -325,6 +325,8 @@ def test_one_graph_step_limits(metal_on_cpu, dense_text_path, monkeypatch):
     x = model.model.language_model.embed_tokens(mx.array([[3]]))
     kv = [c for c in cache if hasattr(c, "trim")]
     monkeypatch.setattr(qwen35, "GRAPH_STEP_MAX_ROWS", 120)
+    monkeypatch.setattr(qwen35, "TRIMMED_MIN_ROWS", 64)
+
     def step():
         ints_now = qwen35.step_ints(cache, cache.offset)
         return model._step_in_graph(x, cache, ints_now[:1].reshape(()), ints_now)
@@ -332,8 +334,9 @@ def test_one_graph_step_limits(metal_on_cpu, dense_text_path, monkeypatch):
     for c in kv:
         c.trim(150)                                                                     # 100 rows in 256-row buffers
     cache.offset = 100
-    assert step() is None
     monkeypatch.setattr(qwen35, "GRAPH_STEP_MAX_ROWS", 200)
+    assert step() is None                                                               # 256 > 2 * max(101, 64)
+    monkeypatch.setattr(qwen35, "TRIMMED_MIN_ROWS", 128)
     mx.disable_compile()
     try:
         res = step()
@@ -369,3 +372,27 @@ def test_quantized_model_on_kernel_path(metal_on_cpu, dense_text_path, monkeypat
     finally:
         mx.enable_compile()
     assert_rel_close(fast, slow, 1e-4, "quantized model, kernel path vs MLX ops")
+
+
+@pytest.mark.parametrize("one_graph", [True, False])
+def test_step_ints_come_from_the_step_before(metal_on_cpu, dense_text_path, monkeypatch, one_graph):
+    """A decode step's ints [rope offset, KV row, rows filled after it, 0] are the array the step before computed
+    on the device, not one made from host values each token; on both steps, and with the right values."""
+    from qwen35_mlx.model import qwen35
+    model, _ = load(dense_text_path, dtype="float32")
+    if not one_graph:
+        monkeypatch.setattr(qwen35.Qwen35Model, "_step_in_graph", lambda *a: None)
+    cache = model.make_cache()
+    with monkeypatch.context() as m:
+        m.setattr(_metal, "DISABLED", frozenset(_metal.KERNELS))
+        model(mx.array(np.random.default_rng(13).integers(0, 400, (1, 40))), cache=cache)
+    mx.disable_compile()
+    try:
+        for t in (5, 6):
+            model(mx.array([[t]]), cache=cache)
+            held = cache.step_ints[1]
+            assert qwen35.step_ints(cache, cache.offset) is held
+            assert held.tolist() == [cache.offset, cache.offset, cache.offset + 1, 0]
+    finally:
+        mx.enable_compile()
+    assert qwen35.step_ints(cache, cache.offset + 3).tolist() == [cache.offset + 3, cache.offset, cache.offset + 1, 0]
