@@ -132,15 +132,19 @@ def prefill(name, model, make_cache, T, chunk, vocab):
             "decode_runs": []}
 
 
-def decode_run(r, n):
-    """n greedy tokens from where r stands, pipelined as generation is (each step queued before the last is
-    read). Appends the rate to r["decode_runs"], and the host's time to queue the n steps, per step, to
-    r["queue_ms"]: near the whole step's time, the host is the bound; well under it, the GPU."""
+def decode_run(r, n, read_each: bool = False):
+    """n greedy tokens from where r stands, each step queued before the last is read. read_each: each token read
+    after the next step is queued, as generation does (the host one step ahead at most); else none until the
+    end (the host as far ahead as MLX lets it). Appends the rate to r["decode_runs"], and the host's time to
+    queue the n steps, per step, to r["queue_ms"]: near the whole step's time, the host is the bound; well under
+    it, the GPU (with read_each the waits for each token count in it too)."""
     model, cache, tok = r["model"], r["cache"], r["tok"]
     t = time.perf_counter()
     for _ in range(n):
-        tok = mx.argmax(model(tok[:, None], cache=cache)[:, -1], axis=-1)
+        last, tok = tok, mx.argmax(model(tok[:, None], cache=cache)[:, -1], axis=-1)
         mx.async_eval(tok)
+        if read_each:
+            last.item()
     queued = time.perf_counter()
     mx.eval(tok)
     r["decode_runs"].append(n / (time.perf_counter() - t))
@@ -148,19 +152,19 @@ def decode_run(r, n):
     r["tok"] = tok
 
 
-def bench_pair(runs, n_decode, rounds=DECODE_RUNS):
+def bench_pair(runs, n_decode, rounds=DECODE_RUNS, read_each: bool = False):
     """Decode is bound by per-launch host work on a GPU, and its rate drifts by up to 30% within a process: the
     packages (prefill's results) take turns, `rounds` runs of n_decode tokens each (the context grows by each),
     and each reports its median, so a drift reaches all alike."""
     for _ in range(rounds):
         for r in runs:
-            decode_run(r, n_decode)
+            decode_run(r, n_decode, read_each)
     for r in runs:
         r["decode_tps"] = float(np.median(r["decode_runs"]))
         del r["model"], r["cache"], r["tok"]
 
 
-def decode_ab(models: dict, T: int, chunk: int, vocab: int, n_decode: int, rounds: int):
+def decode_ab(models: dict, T: int, chunk: int, vocab: int, n_decode: int, rounds: int, read_each: bool = False):
     """Decode A/B of `models` (name -> (model, make_cache); the last one is the baseline the ratios are to): each
     prefills its own cache with the same T-token prompt, one decode step's logits are compared with the
     baseline's, each reports how far a decode's peak memory rises over what it holds (a KV buffer copied each
@@ -175,12 +179,12 @@ def decode_ab(models: dict, T: int, chunk: int, vocab: int, n_decode: int, round
         mx.synchronize()
         held = mx.get_active_memory()
         mx.reset_peak_memory()
-        decode_run(r, 20)
+        decode_run(r, 20, read_each)
         r["decode_runs"].pop()
         r["queue_ms"].pop()
         print(f"T={T:6d} {r['name']:{w}s} decode peak over held memory {(mx.get_peak_memory() - held) / 1e6:7.0f} MB",
               flush=True)
-    bench_pair(runs, n_decode, rounds)
+    bench_pair(runs, n_decode, rounds, read_each)
     for r in runs:
         med = r["decode_tps"]
         each = "/".join(f"{x:.0f}" for x in r["decode_runs"])
@@ -189,17 +193,20 @@ def decode_ab(models: dict, T: int, chunk: int, vocab: int, n_decode: int, round
               f"{1e3 / med:.2f} ms", flush=True)
 
 
-def decode_ab_with_mlx_lm(models: dict, theirs, prompts, n_decode: int, rounds: int):
-    """decode_ab of our `models` (name -> model) and mlx-lm's model `theirs` (the baseline) at each prompt length."""
+def decode_ab_with_mlx_lm(models: dict, theirs, prompts, n_decode: int, rounds: int, cfg: dict = QWEN35_0_8B,
+                          read_each: bool = False):
+    """decode_ab of our `models` (name -> model) and mlx-lm's model `theirs` (the baseline) at each prompt length;
+    cfg: the configuration they were built from."""
     from mlx_lm.models.cache import make_prompt_cache
     from qwen35_mlx.generate import default_prefill_chunk
-    chunk, vocab = default_prefill_chunk(), QWEN35_0_8B["text_config"]["vocab_size"]
+    chunk, vocab = default_prefill_chunk(), cfg["text_config"]["vocab_size"]
     print(f"device {mx.default_device()}, mlx {mx.__version__}; decode tok/s, median of {rounds} runs of "
-          f"{n_decode} tokens (each run's rate in brackets)", flush=True)
+          f"{n_decode} tokens (each run's rate in brackets)" + (", each token read as generation does"
+                                                                if read_each else ""), flush=True)
     runs = {name: (m, m.make_cache) for name, m in models.items()}
     runs["mlx-lm"] = (theirs, lambda: make_prompt_cache(theirs))
     for T in prompts:
-        decode_ab(runs, T, chunk, vocab, n_decode, rounds)
+        decode_ab(runs, T, chunk, vocab, n_decode, rounds, read_each)
 
 
 def main(argv=None):

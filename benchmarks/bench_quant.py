@@ -36,6 +36,9 @@ from mlx.utils import tree_flatten, tree_map_with_path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from configs import hub_config  # noqa: E402
 
 from qwen35_mlx.config import Qwen35Config  # noqa: E402
 from qwen35_mlx.convert import convert, out_config, out_tensors, save_shards  # noqa: E402
@@ -46,22 +49,9 @@ from qwen35_mlx.memory import (checkpoint_weight_bytes, estimate, gdn_state_byte
 from qwen35_mlx.model.qwen35 import Qwen35Model  # noqa: E402
 from qwen35_mlx.quantize import QuantSpec, recipe  # noqa: E402
 
-CONFIGS = ROOT / "benchmarks" / "hub_configs"
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION = "## Quantization (bench_quant.py)"
 GB = 1e9
-
-
-def hub_config(name: str, vision: bool = True, layers: int | None = None) -> dict:
-    """A config of benchmarks/hub_configs; `layers` keeps the first N decoder layers (same widths)."""
-    d = json.loads((CONFIGS / f"qwen3.5-{name}.json").read_text())
-    d.pop("_source", None)
-    if not vision:
-        d.pop("vision_config", None)
-    if layers:
-        t = d["text_config"]
-        t["num_hidden_layers"], t["layer_types"] = layers, t["layer_types"][:layers]
-    return d
 
 
 def device_name() -> str:
@@ -400,7 +390,7 @@ def fmt_table(t: dict) -> list[str]:
               "| model (query heads) | chunk | " + " | ".join(LABEL[c] for c in CONTEXTS) + " |",
               "| --- | ---: | " + " | ".join("---:" for _ in CONTEXTS) + " |"]
     for name, r in t.items():
-        heads = json.loads((CONFIGS / f"qwen3.5-{name}.json").read_text())["text_config"]["num_attention_heads"]
+        heads = hub_config(name)["text_config"]["num_attention_heads"]
         for ch in (256, 512, 2048):
             lines.append(f"| {name} ({heads}) | {ch} | " + " | ".join(f"{r['prefill'][c][ch] / GB:.2f}" for c in CONTEXTS)
                          + " |")

@@ -1,6 +1,25 @@
 """Published configurations, as config.json dicts, for benchmarks with random weights (no hub needed).
 
-Qwen/Qwen3.5-0.8B, text_config and vision_config as released (vocab 248320, tied embeddings)."""
+Qwen/Qwen3.5-0.8B, text_config and vision_config as released (vocab 248320, tied embeddings); the 0.8B, 2B, 4B
+and 9B config.json files as published, in hub_configs/ (hub_config)."""
+
+import json
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parent / "hub_configs"
+
+
+def hub_config(name: str, vision: bool = True, layers: int | None = None) -> dict:
+    """The config of hub_configs/qwen3.5-{name}.json; `layers` keeps the first N decoder layers (same widths)."""
+    d = json.loads((CONFIGS / f"qwen3.5-{name}.json").read_text())
+    d.pop("_source", None)
+    if not vision:
+        d.pop("vision_config", None)
+    if layers:
+        t = d["text_config"]
+        t["num_hidden_layers"], t["layer_types"] = layers, t["layer_types"][:layers]
+    return d
+
 
 QWEN35_0_8B = {
     "architectures": ["Qwen3_5ForConditionalGeneration"],
