@@ -2,8 +2,10 @@
 // over NS threadgroups so that a short step still spreads over the GPU (attn_decode_combine merges the splits).
 // Reference: the MLX-ops path of Attention.attend (mx.fast.scaled_dot_product_attention).
 // q [B, Hq, D]; kc, vc [B, Hkv, SC, D], the cache buffers as they are (no copy of the filled part); n_keys = [S],
-// S <= SC filled rows (data: a compiled decode step reads it from the graph), meta = [L, SC, NS]: L <= LMAX keys
-// per threadgroup, NS >= ceil(S / L) splits. Grid (NT * NS, Hkv, B), threadgroup NT = 32 NW: threadgroup s takes
+// S <= SC filled rows (data: a compiled decode step reads it from the graph), meta = [L, SC, NS, TR]: L <= LMAX
+// keys per threadgroup, NS >= ceil(S / L) splits. TAIL: rows from N0 = n_keys[1] on live in kt, vt
+// [B, Hkv, TR, D] (row r at r - N0), the newest rows of a compiled decode step, written there so that the big
+// buffers are not written (and so copied) while the step before still reads them. Grid (NT * NS, Hkv, B), threadgroup NT = 32 NW: threadgroup s takes
 // keys [s L, s L + L) for all G = Hq / Hkv query heads of key head hk, so each key row is read once. Splits past
 // S (a step compiled for the buffers' capacity SC, not for S) leave their outputs unwritten: the combine reads
 // the first ceil(S / L).
@@ -21,6 +23,8 @@ const int S = n_keys[0];
 const int L = meta[0];
 const int SC = meta[1];
 const int NS = meta[2];
+const int N0 = TAIL ? n_keys[1] : S;           // rows below N0 in kc, vc; from it on in kt, vt
+const int TR = meta[3];
 const float scale = bits_float(SCALE) * 1.4426950408889634f;
 const int sp = int(tgid.x);
 const int hk = int(tgid.y);
@@ -30,16 +34,21 @@ const int n = (S - j0 < L ? S - j0 : L);     // keys of this split
 const int sub = int(lane) / LPR;
 const int part = int(lane) % LPR;
 const int64_t kv0 = ((int64_t)b * Hkv + hk) * SC * D;
+const int64_t kt0 = ((int64_t)b * Hkv + hk) * TR * D;
 threadgroup float P[G * LMAX];                 // scores, then probabilities, of this split's keys
 threadgroup float O[NW * D];                   // each simdgroup's share of sum_j p_j v_j, one head at a time
 if (j0 >= S) return;                           // the whole threadgroup: an idle split (no barrier reached)
 
-// This lane's part of the U steps' rows from jb on (rows past the split read as zeros), as raw words.
-#define LOAD_ROWS(w, src)                                                      \
+// This lane's part of the U steps' rows from jb on (rows past the split read as zeros), as raw words; a row
+// from N0 on comes from the tail.
+#define LOAD_ROWS(w, src, tsrc)                                                \
   UNROLL for (int u = 0; u < U; ++u) {                                         \
     const int j = jb + u * RPW + sub;                                          \
-    if (j < n) {                                                               \
-      rload<VW>(w[u], src + kv0 + (int64_t)(j0 + j) * D + part * VW);          \
+    const int r = j0 + j;                                                      \
+    if (j < n && r < N0) {                                                     \
+      rload<VW>(w[u], src + kv0 + (int64_t)r * D + part * VW);                 \
+    } else if (j < n) {                                                        \
+      rload<VW>(w[u], tsrc + kt0 + (int64_t)(r - N0) * D + part * VW);         \
     } else {                                                                   \
       for (int i = 0; i < WPL; ++i) w[u][i] = 0u;                              \
     }                                                                          \
@@ -52,7 +61,7 @@ float qv[G][VW];
 UNROLL for (int g = 0; g < G; ++g) vload<VW>(qv[g], q + ((int64_t)b * Hq + hk * G + g) * D + part * VW);
 for (int jb = int(sg) * RPW * U; jb < n; jb += NW * RPW * U) {
   uint kw[U][WPL];
-  LOAD_ROWS(kw, kc)
+  LOAD_ROWS(kw, kc, kt)
   UNROLL for (int u = 0; u < U; ++u) {
     const int j = jb + u * RPW + sub;
     float kf[VW];
@@ -97,7 +106,7 @@ UNROLL for (int g = 0; g < G; ++g) {
 }
 for (int jb = int(sg) * RPW * U; jb < n; jb += NW * RPW * U) {
   uint vw[U][WPL];
-  LOAD_ROWS(vw, vc)
+  LOAD_ROWS(vw, vc, vt)
   UNROLL for (int u = 0; u < U; ++u) {
     const int j = jb + u * RPW + sub;
     if (j < n) {

@@ -54,7 +54,7 @@ KERNELS = {
     "norm_gemv": (("x", "h", "nw", "W"), ("y", "res")),
     "attn_qk": (("proj", "qw", "kw", "inv_freq", "pos"), ("q", "k", "v")),
     "attn_flash": (("q", "k", "v", "meta"), ("out",)),
-    "attn_decode": (("q", "kc", "vc", "n_keys", "meta"), ("o_out", "m_out", "l_out")),
+    "attn_decode": (("q", "kc", "vc", "kt", "vt", "n_keys", "meta"), ("o_out", "m_out", "l_out")),
     "attn_decode_combine": (("o", "m", "l", "gate", "n_keys", "meta"), ("out",)),
 }
 

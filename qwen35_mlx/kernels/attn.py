@@ -133,12 +133,13 @@ def decode_split(S: int, G: int, splits: int | None = None) -> tuple[int, int]:
     return L, lmax
 
 
-def attn_decode(q, kc, vc, S, scale: float, *, backend: str, gate=None, nt: int = DECODE_NT):
+def attn_decode(q, kc, vc, S, scale: float, *, backend: str, gate=None, nt: int = DECODE_NT, tail=None):
     """One query per head q [B, Hq, 1, D] over the first S rows of the cache buffers kc, vc [B, Hkv, SC, D] (read in
     place). Returns [B, 1, Hq * D] in q's dtype, times sigmoid(gate) where a gate [B, 1, Hq, D] is given (any
     strides: read in place). S: an int, or an int32 array whose first element it is, where it is data (a compiled
     decode step, whose graph must not change shape as the cache fills): the keys are then split for the capacity
-    SC, and the splits past S stay idle."""
+    SC, and the splits past S stay idle. tail: (kt, vt) [B, Hkv, TR, D] holding the rows from N0 on (row r at
+    r - N0), N0 the second element of S (then an array), the rest in kc, vc; S <= SC still."""
     B, Hq, _, D = q.shape
     Hkv, SC = kc.shape[1], kc.shape[2]
     G = Hq // Hkv
@@ -148,6 +149,10 @@ def attn_decode(q, kc, vc, S, scale: float, *, backend: str, gate=None, nt: int 
         raise ValueError(f"attn_decode: {Hq} query heads over {Hkv} key heads, {S} of {SC} cache rows")
     if gate is not None and gate.shape != (B, 1, Hq, D):
         raise ValueError(f"attn_decode: gate of shape {tuple(gate.shape)}; expected {(B, 1, Hq, D)}")
+    if tail is not None and (not data or S.size < 2 or tail[0].shape[:2] != kc.shape[:2]
+                             or tail[0].shape[3] != D or tail[1].shape != tail[0].shape):
+        raise ValueError("attn_decode: a tail takes S as data [S, N0] and buffers [B, Hkv, TR, D] like the cache's")
+    kt, vt = tail if tail is not None else (kc, vc)             # no tail: the slots are never read
     # Split for the capacity, twice as finely: the filled rows, from 4/5 of it (reserve_rows), get as many splits
     # as S would get on its own.
     L, lmax = decode_split(keys, G, 2 * DECODE_SPLITS if data else None)
@@ -155,11 +160,11 @@ def attn_decode(q, kc, vc, S, scale: float, *, backend: str, gate=None, nt: int 
     if NS > DECODE_NSMAX:
         raise ValueError(f"attn_decode: {keys} keys need {NS} splits, more than {DECODE_NSMAX}")
     n_keys = S if data else _metal.ints(S)
-    meta = _metal.ints(L, SC, NS)
+    meta = _metal.ints(L, SC, NS, kt.shape[2])
     o, m, l = _metal.kernel("attn_decode", backend)(
-        inputs=[q, kc.astype(q.dtype), vc.astype(q.dtype), n_keys, meta],
+        inputs=[q, kc.astype(q.dtype), vc.astype(q.dtype), kt.astype(q.dtype), vt.astype(q.dtype), n_keys, meta],
         template=[("InT", q.dtype), ("D", D), ("Hq", Hq), ("Hkv", Hkv), ("LMAX", lmax), ("NT", nt),
-                  ("SCALE", _metal.float_bits(scale))],
+                  ("SCALE", _metal.float_bits(scale)), ("TAIL", tail is not None)],
         grid=(nt * NS, Hkv, B),
         threadgroup=(nt, 1, 1),
         output_shapes=[(B, Hq, NS, D), (B, Hq, NS), (B, Hq, NS)],

@@ -42,16 +42,35 @@ def gate_view(B, Hq, D, dtype, seed):
     return row[..., :2 * Hq * D].reshape(B, 1, Hq, 2 * D)[..., D:]
 
 
-def check(shape, run_id, seed, nt=attn.DECODE_NT, gated=False, spare=40, dynamic=False):
-    """dynamic: S handed over as an array, as a compiled decode step does (the keys split for the capacity)."""
+def split_tail(kc, vc, S, tail_rows, TR):
+    """The last tail_rows of the S filled rows moved into tail buffers of TR rows (their rows past them NaN, and
+    those rows NaN in kc, vc): what a compiled decode step reads. -> (kc, vc, (kt, vt), N0)."""
+    N0 = S - tail_rows
+    kt, vt = (np.full((*a.shape[:2], TR, a.shape[3]), np.nan, np.float32) for a in (kc, vc))
+    main = []
+    for a, t in ((kc, kt), (vc, vt)):
+        a = np.array(a.astype(mx.float32))
+        t[:, :, :tail_rows] = a[:, :, N0:S]
+        a[:, :, N0:S] = np.nan
+        main.append(mx.array(a).astype(kc.dtype))
+    return *main, (mx.array(kt).astype(kc.dtype), mx.array(vt).astype(kc.dtype)), N0
+
+
+def check(shape, run_id, seed, nt=attn.DECODE_NT, gated=False, spare=40, dynamic=False, tail_rows=None):
+    """dynamic: S handed over as an array, as a compiled decode step does (the keys split for the capacity).
+    tail_rows: the newest rows of S in a tail buffer (S as data [S, N0])."""
     Hq, Hkv, D, dtype = SHAPES[shape]
     B, S = RUNS[run_id]
     q, kc, vc = make(B, S, Hq, Hkv, D, dtype, seed, spare)
+    ref = reference(q, kc[:, :, :S], vc[:, :, :S], D ** -0.5, causal=False).reshape(B, 1, Hq * D)
     gate = gate_view(B, Hq, D, dtype, seed + 1) if gated else None
     n_keys = mx.array([S], dtype=mx.int32) if dynamic else S
-    out = attn.attn_decode(q, kc, vc, n_keys, D ** -0.5, backend="metal", nt=nt, gate=gate)
+    tail = None
+    if tail_rows is not None:
+        kc, vc, tail, N0 = split_tail(kc, vc, S, tail_rows, TR=tail_rows + 7)
+        n_keys = mx.array([S, N0, 0, 0], dtype=mx.int32)
+    out = attn.attn_decode(q, kc, vc, n_keys, D ** -0.5, backend="metal", nt=nt, gate=gate, tail=tail)
     assert out.shape == (B, 1, Hq * D) and out.dtype == dtype
-    ref = reference(q, kc[:, :, :S], vc[:, :, :S], D ** -0.5, causal=False).reshape(B, 1, Hq * D)
     if gated:
         ref = ref * mx.sigmoid(gate.astype(mx.float32)).reshape(B, 1, Hq * D)
     assert_rel_close(out.astype(mx.float32), ref, TOL[dtype], f"{shape} {run_id}{' gated' if gated else ''}")
@@ -73,6 +92,14 @@ def test_output_gate(metal_on_cpu, shape):
 def test_length_as_data(metal_on_cpu, run_id):
     """S as an array over a buffer of 1,500 spare (NaN) rows: most splits idle, only the filled ones merged."""
     check("qwen35-8q2k-256-bf16", run_id, seed=5, gated=True, spare=1500, dynamic=True)
+
+
+@pytest.mark.parametrize("run_id,tail_rows", [("S1", 1), ("S37", 5), ("B2-S300", 100), ("S1500", 1)],
+                         ids=["S1-all-tail", "S37", "B2-S300", "S1500"])
+def test_tail(metal_on_cpu, run_id, tail_rows):
+    """The newest rows in a tail buffer (a compiled decode step's): rows from N0 on read from it, the others from
+    the cache buffers (each NaN where the other holds the row), splits straddling N0 included."""
+    check("qwen35-8q2k-256-bf16", run_id, seed=7, gated=True, spare=200, tail_rows=tail_rows)
 
 
 def test_two_simdgroups(metal_on_cpu):
@@ -144,6 +171,8 @@ PLANTED = {
     "gate-head-stride": ("attn_decode_combine.metal", "(int64_t)h * gate_strides[2]", "(int64_t)h * D"),
     "idle-split-bound": ("attn_decode.metal", "if (j0 >= S) return;", "if (j0 + L > S) return;"),
     "idle-split-merged": ("attn_decode_combine.metal", "s < NF; s += NW", "s < NS; s += NW"),
+    "tail-boundary": ("attn_decode.metal", "if (j < n && r < N0) {", "if (j < n && r <= N0) {"),
+    "tail-offset": ("attn_decode.metal", "tsrc + kt0 + (int64_t)(r - N0) * D", "tsrc + kt0 + (int64_t)r * D"),
 }
 
 
@@ -152,4 +181,5 @@ def test_planted_bug_is_caught(metal_on_cpu, monkeypatch, bug):
     source, text, replacement = PLANTED[bug]
     assert_caught(monkeypatch, source, text, replacement,
                   lambda: check("4q1k-128-fp16", "B2-S300", seed=6, gated=bug.startswith("gate"),
-                                spare=300 if bug.startswith("idle") else 40, dynamic=bug.startswith("idle")))
+                                spare=300 if bug.startswith("idle") else 40, dynamic=bug.startswith("idle"),
+                                tail_rows=30 if bug.startswith("tail") else None))
