@@ -8,7 +8,62 @@ snapshots (`snapshot` / `restore`) taken at chunk boundaries; KV caches are simp
 from __future__ import annotations
 
 import mlx.core as mx
-from mlx_lm.models.cache import KVCache, QuantizedKVCache
+from mlx_lm.models.cache import KVCache as _KVCache
+from mlx_lm.models.cache import QuantizedKVCache
+
+TAIL_ROWS = 256         # rows of a KVCache's tail (below)
+
+
+class KVCache(_KVCache):
+    """mlx-lm's KVCache, plus a tail: the newest rows that the compiled decode step (Qwen35Model._step_in_graph)
+    writes into a small buffer beside the big ones, attn_decode reading both. A row written into the big buffers
+    copies them whole whenever the step before still reads them on the GPU (MLX writes in place only into a buffer
+    nothing else holds): the whole cache moved every token, wherever the GPU is the slower side. The tail is
+    merged into the big buffers when full (after the steps reading them are done: in place) and before anything
+    else reads `keys` or `values`, so the rest of the package, and mlx-lm's own functions, see mlx-lm's cache."""
+
+    def __init__(self):
+        self.tail = None        # (keys, values) [B, heads, TAIL_ROWS, D], the rows n0 .. offset; and n0
+        super().__init__()
+
+    @property
+    def keys(self):
+        self.merge_tail()
+        return self._keys
+
+    @keys.setter
+    def keys(self, v):
+        self.merge_tail()
+        self._keys = v
+
+    @property
+    def values(self):
+        self.merge_tail()
+        return self._values
+
+    @values.setter
+    def values(self, v):
+        self.merge_tail()
+        self._values = v
+
+    def merge_tail(self):
+        """The tail's rows written into the big buffers (which the tail's owner made long enough)."""
+        if self.__dict__.get("tail") is None:
+            return
+        (tk, tv), n0 = self.tail
+        self.tail = None
+        n = self.offset - n0                    # (fewer than it holds after a trim)
+        if n > 0:
+            self._keys[..., n0:self.offset, :] = tk[..., :n, :]
+            self._values[..., n0:self.offset, :] = tv[..., :n, :]
+
+    def empty(self):
+        return self._keys is None
+
+    @property
+    def nbytes(self):
+        tail = sum(a.nbytes for a in self.tail[0]) if self.tail is not None else 0
+        return 0 if self._keys is None else self._keys.nbytes + self._values.nbytes + tail
 
 
 class GDNCache:
@@ -29,17 +84,38 @@ class GDNCache:
 
 
 def reserve_rows(c: KVCache, rows: int) -> None:
-    """c's buffers (holding rows already) made to hold at least `rows` rows. They grow by a quarter of their size,
-    at least mlx-lm's step, not by its step alone: a compiled decode step over the buffers is traced again for
-    each new size."""
-    cap = c.keys.shape[2]
+    """c's big buffers (holding rows already; its tail left as it is) made to hold at least `rows` rows. They
+    grow by a quarter of their size, at least mlx-lm's step, not by its step alone: a compiled decode step over
+    the buffers is traced again for each new size."""
+    cap = c._keys.shape[2]
     if rows <= cap:
         return
     extra = -(-max(c.step, cap // 4, rows - cap) // c.step) * c.step
 
     def grow(a):
         return mx.concatenate([a, mx.zeros((*a.shape[:2], extra, a.shape[3]), a.dtype)], axis=2)
-    c.keys, c.values = grow(c.keys), grow(c.values)
+    c._keys, c._values = grow(c._keys), grow(c._values)
+
+
+def tail_for_step(caches: list, n: int) -> int:
+    """The KV caches' tails (see KVCache) ready for a compiled decode step writing row n: begun at row n where there
+    is none or the caches moved since (a trim), merged and begun again when full; the big buffers made long
+    enough to take a full tail. A full tail is merged after waiting for the step before (the last to read the big
+    buffers), so the merge writes in place: once per TAIL_ROWS tokens the GPU idles while a step is built.
+    -> n0, the tails' first row."""
+    first = caches[0].tail
+    if first is not None and first[1] <= n < first[1] + TAIL_ROWS and all(
+            c.tail is not None and c.tail[1] == first[1] for c in caches):
+        return first[1]                                         # (every step but one in TAIL_ROWS)
+    held = [c.tail for c in caches]
+    if all(t is not None and n == t[1] + TAIL_ROWS for t in held):
+        mx.eval([a for t in held for a in t[0]])                # done with the big buffers
+    for c in caches:
+        c.merge_tail()
+        reserve_rows(c, n + TAIL_ROWS)
+        B, H, _, D = c._keys.shape
+        c.tail = ((mx.zeros((B, H, TAIL_ROWS, D), c._keys.dtype), mx.zeros((B, H, TAIL_ROWS, D), c._values.dtype)), n)
+    return n
 
 
 class ModelCache(list):
@@ -57,7 +133,7 @@ class ModelCache(list):
 
     @property
     def nbytes(self) -> dict:
-        kv = sum(c.nbytes for c in self if not isinstance(c, GDNCache) and c.keys is not None)
+        kv = sum(c.nbytes for c in self if not isinstance(c, GDNCache) and not c.empty())
         gdn = sum(c.nbytes for c in self if isinstance(c, GDNCache))
         return {"kv": kv, "gdn": gdn}
 

@@ -103,16 +103,18 @@ class Attention(DecodeFusion, nn.Module):
         """Where attn_decode runs for this layer's heads in `dtype` (None: not here)."""
         return decode_backend_for(self.head_dim, self.n_heads, self.n_kv, dtype)
 
-    def attend_in_graph(self, q, k, v, gate, keys, values, at, S):
+    def attend_in_graph(self, q, k, v, gate, tail_k, tail_v, keys, values, at, S):
         """A decode step's attention inside a compiled graph (project's q, k, v, gate in): k and v written into
-        the KV cache buffers keys, values [B, kv_heads, SC, D] at the row that `at` ([B, kv_heads, 1, D] int32, all
-        that row) names, then attn_decode over their first S[0] rows (S int32). Both are data, so the graph keeps its
-        shapes as the cache fills; a scatter along the rows is one launch where a dynamic slice update is two.
-        -> (attend's output, keys, values)."""
-        keys = mx.put_along_axis(keys, at, k, axis=2)
-        values = mx.put_along_axis(values, at, v, axis=2)
-        out = attn_decode(q, keys, values, S, self.scale, gate=gate, backend=self.decode_backend(q.dtype))
-        return out, keys, values
+        the KV cache's tail buffers tail_k, tail_v [B, kv_heads, TR, D] at the row that `at` ([B, kv_heads, 1, D]
+        int32, all that row) names, then attn_decode over the first S[0] rows of the big buffers keys, values
+        [B, kv_heads, SC, D] up to S[1] and the tail after (S int32). Both are data, so the graph keeps its shapes
+        as the cache fills; a scatter along the rows is one launch where a dynamic slice update is two.
+        -> (attend's output, tail_k, tail_v)."""
+        tail_k = mx.put_along_axis(tail_k, at, k, axis=2)
+        tail_v = mx.put_along_axis(tail_v, at, v, axis=2)
+        out = attn_decode(q, keys, values, S, self.scale, gate=gate, backend=self.decode_backend(q.dtype),
+                          tail=(tail_k, tail_v))
+        return out, tail_k, tail_v
 
     def _attend(self, q, k, v, mask, cache, quantized):
         """attend without the gate (every path but attn_decode's)."""

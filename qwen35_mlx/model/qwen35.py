@@ -10,7 +10,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..cache import KVCache, ModelCache, reserve_rows
+from ..cache import KVCache, ModelCache, tail_for_step
 from ..config import Qwen35Config, TextConfig
 from ..errors import PromptError
 from ..kernels._metal import ints
@@ -36,20 +36,24 @@ GRAPH_STEP_MAX_ROWS = 1 << 30
 TRIMMED_MIN_ROWS = 8192
 
 
-def step_ints(cache, position):
-    """A decode step's ints on the device, int32 [position, offset, offset + 1, 0]: the 1-D rope offset (0 where
-    positions are an array), the KV row it writes and the rows filled after. An array made from host values each
-    step would be written by the CPU and migrated to the GPU by the step's first read of it (MLX on CUDA keeps
-    such arrays in managed memory): the step before computes them (cache.step_ints), used here when its host
-    values match, as they do from one step to the next."""
-    key = (position, cache.offset)
+def step_ints(cache, position, n0=None):
+    """A decode step's ints on the device, int32 [position, row, offset + 1, first], position the 1-D rope offset
+    (0 where positions are an array): with the KV caches' tails beginning at row n0 (the one-graph step), the
+    tail row it writes (offset - n0) and n0; else (segmented) offset and offset + 1 (every row in the big
+    buffers). An array made from host values each step would be written by the CPU and migrated to the GPU by the
+    step's first read of it (MLX on CUDA keeps such arrays in managed memory): the step before computes them
+    (cache.step_ints), used here when its host values match, as they do from one step to the next."""
+    key = (position, cache.offset, n0)
     held = cache.step_ints
     if held is not None and held[0] == key:
         return held[1]
-    return mx.array([position or 0, cache.offset, cache.offset + 1, 0], dtype=mx.int32)
+    n = cache.offset
+    values = [n - n0, n + 1, n0] if n0 is not None else [n, n + 1, n + 1]
+    return mx.array([position or 0, *values], dtype=mx.int32)
 
 
-STEP_INTS = ints(1, 1, 1)           # step_ints' change from one token to the next
+STEP_INTS = ints(1, 1, 1, 0)        # the one-graph step's ints from one token to the next (the same tails)
+ONES = ints(1, 1, 1, 1)             # the segmented step's
 
 
 class DecoderLayer(nn.Module):
@@ -291,24 +295,21 @@ class Qwen35Model(nn.Module):
         instead of ~60 layer calls: host time per call is what decode on a GPU pays). positions: the int offset,
         or [3, B, 1]."""
         pos = None if isinstance(positions, mx.array) else positions
+        whole = self._step_in_graph(x, cache, positions, pos)
+        if whole is not None:
+            return whole
         ints_now = step_ints(cache, pos)
         # a 1-D offset as a view of the step's ints (attn_qk reads it in every threadgroup: see kernels/_metal.ints)
         off = positions if pos is None else ints_now[:1].reshape(())
-        whole = self._step_in_graph(x, cache, off, ints_now)
-        if whole is not None:
-            x, h, ints_next = whole
-        else:
-            S = ints_now[2:3]                                        # the rows filled after this step's write
+        S = ints_now[2:4]                                        # the rows filled after this step's write, twice
 
-            def attend(i, q, k, v, gate):
-                k, v = cache[i].update_and_fetch(k, v)
-                return self.layers[i].self_attn.attend(q, k, v, None, cache[i], gate, n_keys=S)
-            x, h, new = self._run_segments(self._segments(), x, off, lambda i: (cache[i].conv, cache[i].state),
-                                           attend)
-            for i, (conv, state) in new.items():
-                cache[i].conv, cache[i].state = conv, state
-            ints_next = ints_now + STEP_INTS
-        cache.step_ints = ((None if pos is None else pos + 1, cache.offset + 1), ints_next)
+        def attend(i, q, k, v, gate):
+            k, v = cache[i].update_and_fetch(k, v)
+            return self.layers[i].self_attn.attend(q, k, v, None, cache[i], gate, n_keys=S)
+        x, h, new = self._run_segments(self._segments(), x, off, lambda i: (cache[i].conv, cache[i].state), attend)
+        for i, (conv, state) in new.items():
+            cache[i].conv, cache[i].state = conv, state
+        cache.step_ints = ((None if pos is None else pos + 1, cache.offset + 1, None), ints_now + ONES)
         return x, h
 
     def _run_segments(self, segments, x, off, pair, attend):
@@ -328,61 +329,68 @@ class Qwen35Model(nn.Module):
                 out = attend(proj, *rest)
         return x, h, new
 
-    def _step_in_graph(self, x, cache, off, ints_now):
-        """The decode step as one compiled call, the KV caches' buffers passed in and out (written at the row
-        given as data, attn_decode reading the filled rows in place): one call's host time per token. Runs where
-        every attention layer's cache is a plain KVCache already holding rows (fewer than GRAPH_STEP_MAX_ROWS) in
-        x's dtype and attn_decode runs here; returns None elsewhere. The graph is traced again when the buffers
-        grow (in steps of a quarter of their size: a few times over a long generation). ints_now: step_ints'.
-        -> (x, h, the next step's ints) or None."""
+    def _step_in_graph(self, x, cache, positions, pos):
+        """The decode step as one compiled call: one call's host time per token. Each attention layer writes its row
+        into its cache's tail (see cache.KVCache) at a row given as data, and attn_decode reads the big buffers
+        and the tail in place; the tails pass in and out of the graph, the big buffers in only. Runs where every
+        attention layer's cache is a KVCache of this package already holding rows (fewer than
+        GRAPH_STEP_MAX_ROWS) in x's dtype and attn_decode runs here; returns None elsewhere. The graph is traced
+        again when the buffers grow (in steps of a quarter of their size: a few times over a long generation).
+        positions: the int offset (pos) or [3, B, 1] (pos None). -> (x, h) or None."""
         layers = self.layers
         kv = [cache[i] for i, layer in enumerate(layers) if not layer.is_linear]
         if not kv:
             return None
         attn = next(layer.self_attn for layer in layers if not layer.is_linear)    # all built from one config
         if attn.decode_backend(x.dtype) is None or any(
-                type(c) is not KVCache or c.keys is None or c.keys.dtype != x.dtype or c.offset != cache.offset
+                type(c) is not KVCache or c.empty() or c._keys.dtype != x.dtype or c.offset != cache.offset
                 for c in kv):
             return None
         n = kv[0].offset
         # (a cache trimmed back from a long prompt keeps its long buffers: segmented there)
-        if n >= GRAPH_STEP_MAX_ROWS or kv[0].keys.shape[2] > 2 * max(n + 1, TRIMMED_MIN_ROWS):
+        if n >= GRAPH_STEP_MAX_ROWS or kv[0]._keys.shape[2] > 2 * max(n + 1, TRIMMED_MIN_ROWS):
             return None
-        for c in kv:
-            reserve_rows(c, n + 1)
-        shapes = tuple(c.keys.shape for c in kv) + (x.shape, x.dtype, off.shape)
+        n0 = tail_for_step(kv, n)
+        ints_now = step_ints(cache, pos, n0)
+        off = positions if pos is None else ints_now[:1].reshape(())
+        shapes = tuple(c._keys.shape for c in kv) + (x.shape, x.dtype, off.shape)
         fn = self.__dict__.get("_step_fn")
         if fn is None or fn[0] != shapes:                            # one trace kept: the buffers' current size
             fn = self.__dict__["_step_fn"] = (shapes, mx.compile(self._whole_step))
         arrays = [a for i, layer in enumerate(layers)
-                  for a in ((cache[i].conv, cache[i].state) if layer.is_linear else (cache[i].keys, cache[i].values))]
-        res = fn[1](x, off, ints_now, *arrays)
-        del arrays                                                   # the old buffers: the graph's alone, donated
+                  for a in ((cache[i].conv, cache[i].state) if layer.is_linear else cache[i].tail[0])]
+        res = fn[1](x, off, ints_now, *arrays, *[a for c in kv for a in (c._keys, c._values)])
+        del arrays                                                   # the old states and tails: the graph's alone
         for i, layer in enumerate(layers):
             c = cache[i]
             if layer.is_linear:
                 c.conv, c.state = res[3 + 2 * i], res[4 + 2 * i]
             else:
-                c.keys, c.values = res[3 + 2 * i], res[4 + 2 * i]
+                c.tail = ((res[3 + 2 * i], res[4 + 2 * i]), n0)
                 c.offset += 1
-        return res[0], res[1], res[2]
+        cache.step_ints = ((None if pos is None else pos + 1, n + 1, n0), res[2])
+        return res[0], res[1]
 
     def _whole_step(self, x, off, ints_now, *arrays):
-        """_step_in_graph's traced function. arrays: per layer in order, (conv, state) or (keys, values).
-        -> (x, h, the next step's ints, *their new values, in that order)."""
+        """_step_in_graph's traced function. arrays: per layer in order, (conv, state) or its tail (keys, values);
+        then each attention layer's big (keys, values). -> (x, h, the next step's ints, *the layers' new pairs in
+        that order)."""
+        n_layers = len(self.layers)
         pair = lambda i: arrays[2 * i:2 * i + 2]                          # noqa: E731
+        attn_layers = [i for i, layer in enumerate(self.layers) if not layer.is_linear]
+        big = {i: arrays[2 * n_layers + 2 * j:2 * n_layers + 2 * j + 2] for j, i in enumerate(attn_layers)}
         kv = {}
-        attn = next(layer.self_attn for layer in self.layers if not layer.is_linear)
-        # the row to write, as put_along_axis indices, and the rows filled after the write
+        attn = self.layers[attn_layers[0]].self_attn
+        # the tail row to write, as put_along_axis indices; the rows filled after the write and the tail's first
         at = mx.broadcast_to(ints_now[1:2].reshape(1, 1, 1, 1), (x.shape[0], attn.n_kv, 1, attn.head_dim))
-        S = ints_now[2:3]
+        S = ints_now[2:4]
 
         def attend(i, q, k, v, gate):
-            out, *kv[i] = self.layers[i].self_attn.attend_in_graph(q, k, v, gate, *pair(i), at, S)
+            out, *kv[i] = self.layers[i].self_attn.attend_in_graph(q, k, v, gate, *pair(i), *big[i], at, S)
             return out
         x, h, new = self._run_segments(self._segments(compiled=False), x, off, pair, attend)
         new.update(kv)
-        return x, h, ints_now + STEP_INTS, *[a for i in range(len(self.layers)) for a in new[i]]
+        return x, h, ints_now + STEP_INTS, *[a for i in range(n_layers) for a in new[i]]
 
     def _segments(self, compiled: bool = True) -> list:
         """[(GDN layers, attention layer projected at the end or None, segment)] covering the stack in order

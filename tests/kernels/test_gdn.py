@@ -295,9 +295,9 @@ def test_cuda_twin_compiles(tmp_path, dt):
         "attn_flash": ([h16] * 3 + [i32], [h16],                       # 16-bit operands only; fp16 with QS
                        [("InT", h16), ("D", 256), ("Hq", 8), ("Hkv", 2), ("BK", 64 if dt == f32 else 32), ("NT", 128),
                         ("CAUSAL", True), ("QS", dt == f32), ("SCALE", _metal.float_bits(256 ** -0.5))]),
-        "attn_decode": ([dt] * 3 + [i32, i32], [f32] * 3,
+        "attn_decode": ([dt] * 5 + [i32, i32], [f32] * 3,
                         [("InT", dt), ("D", 128), ("Hq", 8), ("Hkv", 2), ("LMAX", 1024), ("NT", 128),
-                         ("SCALE", _metal.float_bits(128 ** -0.5))]),
+                         ("SCALE", _metal.float_bits(128 ** -0.5)), ("TAIL", True)]),
         "attn_decode_combine": ([f32] * 3 + [dt, i32, i32], [dt],
                                 [("InT", dt), ("D", 128), ("Hq", 8), ("NT", 128), ("GATE", True)]),
     }

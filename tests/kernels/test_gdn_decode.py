@@ -328,8 +328,7 @@ def test_one_graph_step_limits(metal_on_cpu, dense_text_path, monkeypatch):
     monkeypatch.setattr(qwen35, "TRIMMED_MIN_ROWS", 64)
 
     def step():
-        ints_now = qwen35.step_ints(cache, cache.offset)
-        return model._step_in_graph(x, cache, ints_now[:1].reshape(()), ints_now)
+        return model._step_in_graph(x, cache, cache.offset, cache.offset)
     assert step() is None                                                               # 250 rows cached
     for c in kv:
         c.trim(150)                                                                     # 100 rows in 256-row buffers
@@ -342,7 +341,7 @@ def test_one_graph_step_limits(metal_on_cpu, dense_text_path, monkeypatch):
         res = step()
     finally:
         mx.enable_compile()
-    assert res is not None and res[2].tolist() == [101, 101, 102, 0]                   # the next step's ints
+    assert res is not None and cache.step_ints[1].tolist() == [101, 1, 102, 100]       # the next step's ints
     assert {c.offset for c in kv} == {101}
 
 
@@ -390,9 +389,71 @@ def test_step_ints_come_from_the_step_before(metal_on_cpu, dense_text_path, monk
     try:
         for t in (5, 6):
             model(mx.array([[t]]), cache=cache)
-            held = cache.step_ints[1]
-            assert qwen35.step_ints(cache, cache.offset) is held
-            assert held.tolist() == [cache.offset, cache.offset, cache.offset + 1, 0]
+            key, held = cache.step_ints
+            n, n0 = cache.offset, key[2]
+            assert qwen35.step_ints(cache, n, n0) is held
+            assert held.tolist() == ([n, n - 40, n + 1, 40] if one_graph else [n, n, n + 1, n + 1])
     finally:
         mx.enable_compile()
-    assert qwen35.step_ints(cache, cache.offset + 3).tolist() == [cache.offset + 3, cache.offset, cache.offset + 1, 0]
+    n = cache.offset
+    assert qwen35.step_ints(cache, n + 3).tolist() == [n + 3, n, n + 1, n + 1]
+    assert qwen35.step_ints(cache, n + 3, n - 2).tolist() == [n + 3, 2, n + 1, n - 2]
+
+
+def test_kv_tail_merges_and_rewinds(metal_on_cpu, dense_text_path, monkeypatch):
+    """The one-graph step writes each KV row into its cache's tail (4 rows here), merged into the big buffers when
+    full and whenever keys are read: over 11 steps (two merges, a partial tail), then a rewind to a snapshot
+    taken inside a tail and 5 more steps (through the next merge), logits as the segmented step's every step, and
+    the caches' keys and values (merged on reading) equal to its."""
+    from qwen35_mlx import cache as cache_mod
+    from qwen35_mlx.model.qwen35 import Qwen35Model
+    monkeypatch.setattr(cache_mod, "TAIL_ROWS", 4)
+    model, _ = load(dense_text_path, dtype="float32")
+    ids = mx.array(np.random.default_rng(14).integers(0, 400, (1, 30)))
+
+    def run():
+        cache = model.make_cache()
+        with monkeypatch.context() as m:
+            m.setattr(_metal, "DISABLED", frozenset(_metal.KERNELS))
+            model(ids, cache=cache)
+        out, snap = [], None
+        for t in range(11):
+            out.append(model(mx.array([[t + 3]]), cache=cache)[:, -1])
+            if t == 5:
+                snap = cache.snapshot()                          # offset 36: the tail holds rows 34, 35
+        cache.restore(snap)
+        out += [model(mx.array([[t + 50]]), cache=cache)[:, -1] for t in range(5)]
+        kv = [c for c in cache if hasattr(c, "keys")]
+        return np.stack([np.array(o[0]) for o in out]), [np.array(a[..., :c.offset, :]) for c in kv
+                                                          for a in (c.keys, c.values)]
+
+    mx.disable_compile()
+    try:
+        whole, whole_kv = run()
+        assert model.__dict__.get("_step_fn") is not None
+        monkeypatch.setattr(Qwen35Model, "_step_in_graph", lambda *a: None)
+        segmented, seg_kv = run()
+    finally:
+        mx.enable_compile()
+    assert_rel_close(whole, segmented, 1e-5, "one-graph decode with KV tails vs segmented")
+    for a, b in zip(whole_kv, seg_kv):
+        assert_rel_close(a, b, 1e-6, "KV cache after tails merged")
+
+
+def test_kv_cache_reads_merge_the_tail():
+    """A KVCache with rows in its tail: keys, values, state and update_and_fetch see every row; nbytes counts the
+    tail without merging it."""
+    from qwen35_mlx.cache import KVCache, tail_for_step
+    rng = np.random.default_rng(15)
+    c = KVCache()
+    c.update_and_fetch(*(mx.array(rng.standard_normal((1, 2, 10, 8)), mx.float32) for _ in range(2)))
+    n0 = tail_for_step([c], 10)
+    rows = [mx.array(rng.standard_normal((1, 2, 3, 8)), mx.float32) for _ in range(2)]
+    tk, tv = c.tail[0]
+    c.tail = ((mx.concatenate([rows[0], tk[:, :, 3:]], axis=2), mx.concatenate([rows[1], tv[:, :, 3:]], axis=2)), n0)
+    c.offset = 13
+    assert c.nbytes == c._keys.nbytes * 2 + sum(a.nbytes for a in c.tail[0]) and c.tail is not None
+    k, v, offset = c.state
+    assert c.tail is None and offset == 13
+    np.testing.assert_array_equal(np.array(k[:, :, 10:13]), np.array(rows[0]))
+    np.testing.assert_array_equal(np.array(v[:, :, 10:13]), np.array(rows[1]))
