@@ -26,25 +26,18 @@ class KVCache(_KVCache):
         self.tail = None        # (keys, values) [B, heads, TAIL_ROWS, D], the rows n0 .. offset; and n0
         super().__init__()
 
-    @property
-    def keys(self):
-        self.merge_tail()
-        return self._keys
+    def _merged(name):                              # noqa: N805 (a property factory, run in the class body)
+        def get(self):
+            self.merge_tail()
+            return self.__dict__[name]
 
-    @keys.setter
-    def keys(self, v):
-        self.merge_tail()
-        self._keys = v
+        def put(self, v):
+            self.merge_tail()
+            self.__dict__[name] = v
+        return property(get, put)
 
-    @property
-    def values(self):
-        self.merge_tail()
-        return self._values
-
-    @values.setter
-    def values(self, v):
-        self.merge_tail()
-        self._values = v
+    keys, values = _merged("_keys"), _merged("_values")
+    del _merged
 
     def merge_tail(self):
         """The tail's rows written into the big buffers (which the tail's owner made long enough)."""
