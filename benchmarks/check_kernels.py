@@ -183,7 +183,8 @@ def check_flash():
 
 def check_attn_decode():
     """attn_decode + combine on the GPU backend, every shape and run of their kernel tests (cache rows past S are
-    NaN: a read of them shows), S as an int and as data (a compiled step's: 1,500 spare rows, most splits idle)."""
+    NaN: a read of them shows), S as an int and as data (a compiled step's: 1,500 spare rows, most splits idle),
+    and with the newest rows in a tail buffer."""
     from qwen35_mlx.kernels import attn
     t = test_attn_decode
     for shape, (Hq, Hkv, D, dt) in t.SHAPES.items():
@@ -197,6 +198,12 @@ def check_attn_decode():
                 gerr = rel(attn.attn_decode(q, kc, vc, n_keys, D ** -0.5, backend=gpu_backend(), gate=gate), gref)
                 print(f"attn_decode {shape:22s} {run:8s} {'S data' if spare > 40 else 'S int ':6s} err {err:.1e}, "
                       f"gated {gerr:.1e} {'ok' if max(err, gerr) < t.TOL[dt] else 'FAIL'}", flush=True)
+            tail_rows = min(S, 100)                          # the newest rows in a tail (a compiled step's)
+            km, vm, tail, N0 = t.split_tail(kc, vc, S, tail_rows, TR=tail_rows + 7)
+            terr = rel(attn.attn_decode(q, km, vm, mx.array([S, N0, 0, 0], dtype=mx.int32), D ** -0.5,
+                                        backend=gpu_backend(), tail=tail), ref)
+            print(f"attn_decode {shape:22s} {run:8s} tail {tail_rows:3d} err {terr:.1e} "
+                  f"{'ok' if terr < t.TOL[dt] else 'FAIL'}", flush=True)
 
 
 def per_call(fn, x, conv, state, n=100):
