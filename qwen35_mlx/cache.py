@@ -41,7 +41,7 @@ class KVCache(_KVCache):
 
     def merge_tail(self):
         """The tail's rows written into the big buffers (which the tail's owner made long enough)."""
-        if self.__dict__.get("tail") is None:
+        if self.tail is None:
             return
         (tk, tv), n0 = self.tail
         self.tail = None

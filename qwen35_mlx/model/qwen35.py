@@ -39,21 +39,24 @@ TRIMMED_MIN_ROWS = 8192
 def step_ints(cache, position, n0=None):
     """A decode step's ints on the device, int32 [position, row, offset + 1, first], position the 1-D rope offset
     (0 where positions are an array): with the KV caches' tails beginning at row n0 (the one-graph step), the
-    tail row it writes (offset - n0) and n0; else (segmented) offset and offset + 1 (every row in the big
-    buffers). An array made from host values each step would be written by the CPU and migrated to the GPU by the
-    step's first read of it (MLX on CUDA keeps such arrays in managed memory): the step before computes them
-    (cache.step_ints), used here when its host values match, as they do from one step to the next."""
+    tail row it writes (offset - n0) and n0; else (segmented) offset and 0 (every row in the big buffers). An
+    array made from host values each step would be written by the CPU and migrated to the GPU by the step's first
+    read of it (MLX on CUDA keeps such arrays in managed memory): the step before computes them (hold_step_ints),
+    used here when its host values match, as they do from one step to the next."""
     key = (position, cache.offset, n0)
     held = cache.step_ints
     if held is not None and held[0] == key:
         return held[1]
     n = cache.offset
-    values = [n - n0, n + 1, n0] if n0 is not None else [n, n + 1, n + 1]
-    return mx.array([position or 0, *values], dtype=mx.int32)
+    return mx.array([position or 0, n if n0 is None else n - n0, n + 1, n0 or 0], dtype=mx.int32)
 
 
-STEP_INTS = ints(1, 1, 1, 0)        # the one-graph step's ints from one token to the next (the same tails)
-ONES = ints(1, 1, 1, 1)             # the segmented step's
+def hold_step_ints(cache, position, n0, ints_next):
+    """The next step's ints, computed on the device (the step's ints + STEP_INTS), kept for step_ints."""
+    cache.step_ints = ((None if position is None else position + 1, cache.offset + 1, n0), ints_next)
+
+
+STEP_INTS = ints(1, 1, 1, 0)        # step_ints' change from one token to the next (the same tails)
 
 
 class DecoderLayer(nn.Module):
@@ -301,7 +304,7 @@ class Qwen35Model(nn.Module):
         ints_now = step_ints(cache, pos)
         # a 1-D offset as a view of the step's ints (attn_qk reads it in every threadgroup: see kernels/_metal.ints)
         off = positions if pos is None else ints_now[:1].reshape(())
-        S = ints_now[2:4]                                        # the rows filled after this step's write, twice
+        S = ints_now[2:3]                                        # the rows filled after this step's write
 
         def attend(i, q, k, v, gate):
             k, v = cache[i].update_and_fetch(k, v)
@@ -309,7 +312,7 @@ class Qwen35Model(nn.Module):
         x, h, new = self._run_segments(self._segments(), x, off, lambda i: (cache[i].conv, cache[i].state), attend)
         for i, (conv, state) in new.items():
             cache[i].conv, cache[i].state = conv, state
-        cache.step_ints = ((None if pos is None else pos + 1, cache.offset + 1, None), ints_now + ONES)
+        hold_step_ints(cache, pos, None, ints_now + STEP_INTS)
         return x, h
 
     def _run_segments(self, segments, x, off, pair, attend):
@@ -368,7 +371,7 @@ class Qwen35Model(nn.Module):
             else:
                 c.tail = ((res[3 + 2 * i], res[4 + 2 * i]), n0)
                 c.offset += 1
-        cache.step_ints = ((None if pos is None else pos + 1, n + 1, n0), res[2])
+        hold_step_ints(cache, pos, n0, res[2])
         return res[0], res[1]
 
     def _whole_step(self, x, off, ints_now, *arrays):

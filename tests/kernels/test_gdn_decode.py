@@ -392,11 +392,11 @@ def test_step_ints_come_from_the_step_before(metal_on_cpu, dense_text_path, monk
             key, held = cache.step_ints
             n, n0 = cache.offset, key[2]
             assert qwen35.step_ints(cache, n, n0) is held
-            assert held.tolist() == ([n, n - 40, n + 1, 40] if one_graph else [n, n, n + 1, n + 1])
+            assert held.tolist() == ([n, n - 40, n + 1, 40] if one_graph else [n, n, n + 1, 0])
     finally:
         mx.enable_compile()
     n = cache.offset
-    assert qwen35.step_ints(cache, n + 3).tolist() == [n + 3, n, n + 1, n + 1]
+    assert qwen35.step_ints(cache, n + 3).tolist() == [n + 3, n, n + 1, 0]
     assert qwen35.step_ints(cache, n + 3, n - 2).tolist() == [n + 3, 2, n + 1, n - 2]
 
 
